@@ -1,0 +1,46 @@
+# The two commands a newcomer runs: `make run` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+DOCS_SITE := $(or $(TMPDIR),/tmp)/qtasks-docs-site
+
+.PHONY: run test check test-sqlite test-postgres test-lts docs bench venv clean
+
+venv:
+	@scripts/venv.sh $(VENV)
+
+## make run: install, migrate SQLite, create an admin login, start the example site and a worker.
+run: venv
+	@scripts/run-example.sh
+
+## make test: lint, types, migrations, docs, then the suite on SQLite (and PostgreSQL when
+## DATABASE_URL is set, with the newest Django and with Django 5.2 LTS).
+test: venv check test-sqlite
+	@if [ -n "$$DATABASE_URL" ]; then $(MAKE) --no-print-directory test-postgres test-lts; fi
+
+check: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(PY) -m django makemigrations --check --dry-run --settings tests.settings
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir $(DOCS_SITE)
+
+test-sqlite: venv
+	DATABASE_URL= $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-postgres: venv
+	@test -n "$$DATABASE_URL" || { echo "DATABASE_URL is not set" >&2; exit 2; }
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-lts:
+	@scripts/venv.sh .venv-lts
+	@test -n "$$DATABASE_URL" || { echo "DATABASE_URL is not set" >&2; exit 2; }
+	.venv-lts/bin/pytest $(PYTEST_ARGS)
+
+docs: venv
+	$(VENV)/bin/mkdocs serve
+
+bench: venv
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .venv-lts $(DOCS_SITE) .mypy_cache .pytest_cache .ruff_cache

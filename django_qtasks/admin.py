@@ -1,0 +1,40 @@
+"""The Django admin for tasks and GlobalConfig."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.contrib import admin
+
+from .models import ConfigEntry, TaskRecord
+
+if TYPE_CHECKING:
+    TaskRecordAdminBase = admin.ModelAdmin[TaskRecord]
+    ConfigEntryAdminBase = admin.ModelAdmin[ConfigEntry]
+else:
+    TaskRecordAdminBase = ConfigEntryAdminBase = admin.ModelAdmin
+
+
+@admin.register(TaskRecord)
+class TaskRecordAdmin(TaskRecordAdminBase):
+    list_display = (
+        "task_name",
+        "status",
+        "queue",
+        "priority",
+        "attempt",
+        "created_at",
+        "started_at",
+        "finished_at",
+    )
+    list_filter = ("status", "queue")
+    search_fields = ("=uuid", "task_name")
+    ordering = ("-created_at",)
+    show_full_result_count = False
+    readonly_fields = [f.name for f in TaskRecord._meta.fields]
+
+
+@admin.register(ConfigEntry)
+class ConfigEntryAdmin(ConfigEntryAdminBase):
+    list_display = ("name", "key", "value", "expires_at", "updated_at")
+    list_filter = ("name",)

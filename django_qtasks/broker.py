@@ -1,0 +1,74 @@
+"""Broker: takes new tasks, hands ready ones to the Worker, proxies reads to Storage.
+
+It owns (and starts) Storage. Waiting for work is the Broker's job too: polling on
+every database, and a wake-up channel where the database has one.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid as uuid_lib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from .settings import QTasksSettings
+from .signals import component_started, component_stopped
+from .storage import BaseStorage
+from .task import Outcome, Task, TaskSpec
+
+
+class BaseBroker(ABC):
+    """The interface every Broker implements."""
+
+    component_name = "broker"
+
+    def __init__(self, settings: QTasksSettings, storage: BaseStorage) -> None:
+        self.settings = settings
+        self.storage = storage
+
+    def start(self) -> None:
+        component_started.send(sender=type(self), component=self, name=self.component_name)
+        self.storage.start()
+
+    def stop(self) -> None:
+        self.storage.stop()
+        component_stopped.send(sender=type(self), component=self, name=self.component_name)
+
+    @abstractmethod
+    def add(self, spec: TaskSpec) -> Task: ...
+
+    @abstractmethod
+    def get(self, uuid: uuid_lib.UUID | str) -> Task | None: ...
+
+    @abstractmethod
+    def claim(self, worker_id: str, queues: Sequence[str] | None, limit: int) -> list[Task]: ...
+
+    @abstractmethod
+    def finish(self, task: Task, outcome: Outcome) -> bool: ...
+
+    @abstractmethod
+    def wait_for_work(self, timeout: float, stop: threading.Event) -> None:
+        """Return when work may be ready, after ``timeout`` at the latest, or on ``stop``."""
+
+    def set_progress(self, uuid: uuid_lib.UUID, progress: dict[str, Any]) -> None:
+        self.storage.set_progress(uuid, progress)
+
+
+class DjangoBroker(BaseBroker):
+    """The Broker for the Django ORM storage: claims through Storage, polls for work."""
+
+    def add(self, spec: TaskSpec) -> Task:
+        return self.storage.add(spec)
+
+    def get(self, uuid: uuid_lib.UUID | str) -> Task | None:
+        return self.storage.get(uuid)
+
+    def claim(self, worker_id: str, queues: Sequence[str] | None, limit: int) -> list[Task]:
+        return self.storage.claim(worker_id, queues, limit)
+
+    def finish(self, task: Task, outcome: Outcome) -> bool:
+        return self.storage.finish(task, outcome)
+
+    def wait_for_work(self, timeout: float, stop: threading.Event) -> None:
+        stop.wait(timeout)

@@ -1,0 +1,37 @@
+"""System checks: what ``manage.py check`` says about the QTASKS setup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.checks import CheckMessage, Error, register
+from django.db import connections
+
+from .exceptions import ConfigurationError
+from .settings import get_settings
+from .storage import SUPPORTED_VENDORS
+
+
+@register()
+def check_qtasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    try:
+        settings = get_settings()
+    except ConfigurationError as exc:
+        return [Error(str(exc), id="django_qtasks.E001")]
+    if settings.database not in connections.settings:
+        return [
+            Error(
+                f"QTASKS['DATABASE'] names {settings.database!r}, which is not in DATABASES.",
+                id="django_qtasks.E002",
+            )
+        ]
+    vendor = connections[settings.database].vendor
+    if vendor not in SUPPORTED_VENDORS:
+        return [
+            Error(
+                f"QTASKS['DATABASE'] {settings.database!r} is {vendor}; django-qtasks "
+                f"supports {' and '.join(SUPPORTED_VENDORS)}.",
+                id="django_qtasks.E003",
+            )
+        ]
+    return []

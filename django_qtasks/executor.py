@@ -1,0 +1,169 @@
+"""TaskExecutor: runs one attempt of one task and says how it ended.
+
+It calls the ``before`` middlewares, the function (sync, async or generator), the
+``after`` middlewares, and turns any exception into an :class:`Outcome`: ``retry``
+with a backoff when the task allows another attempt, ``error`` otherwise. It never
+touches the database; the Worker stores the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import inspect
+import json
+import logging
+import random
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from .context import TaskContext, TaskSelf
+from .exceptions import QTasksError, TaskCancelled, describe_exception
+from .models import TaskStatus
+from .task import Outcome, Task
+
+if TYPE_CHECKING:
+    from .settings import QTasksSettings
+    from .task import BaseTask
+
+logger = logging.getLogger("django_qtasks.executor")
+
+
+class TaskTimeLimitExceeded(QTasksError, TimeoutError):
+    """The task ran longer than its ``max_time``."""
+
+
+class NotJSONResult(QTasksError, TypeError):
+    """The task returned a value that cannot be stored as JSON."""
+
+
+def resolve_middlewares(items: Iterable[Any]) -> list[Any]:
+    """Dotted paths, classes or instances -> instances."""
+    resolved = []
+    for item in items:
+        obj = import_string(item) if isinstance(item, str) else item
+        resolved.append(obj() if isinstance(obj, type) else obj)
+    return resolved
+
+
+def retry_delay(backoff: float, attempt: int, cap: float) -> float:
+    """Exponential backoff with jitter: ``backoff * 2**(attempt-1)`` seconds, capped,
+    then a random point in its upper half so that retries of many tasks spread out."""
+    if backoff <= 0:
+        return 0.0
+    delay = min(cap, backoff * 2.0 ** (attempt - 1))
+    return delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not security
+
+
+class BaseTaskExecutor(ABC):
+    """The interface of a TaskExecutor. One instance may serve many threads."""
+
+    def __init__(self, settings: QTasksSettings) -> None:
+        self.settings = settings
+
+    @abstractmethod
+    def execute(self, definition: BaseTask[Any], task: Task) -> Outcome: ...
+
+
+class TaskExecutor(BaseTaskExecutor):
+    """The default executor."""
+
+    def __init__(self, settings: QTasksSettings) -> None:
+        super().__init__(settings)
+        self.global_before = resolve_middlewares(settings.middlewares_before)
+        self.global_after = resolve_middlewares(settings.middlewares_after)
+
+    def execute(self, definition: BaseTask[Any], task: Task) -> Outcome:
+        ctx = TaskContext(definition, task)
+        options = definition.options
+        try:
+            for middleware in [*self.global_before, *options.middlewares_before]:
+                middleware.before(ctx)
+            args = [TaskSelf(definition, ctx), *task.args] if options.echo else list(task.args)
+            value = self.call(definition, args, task.kwargs)
+            self.check_result(value)
+            outcome = Outcome(status=TaskStatus.SUCCESS, returning=value)
+        except TaskCancelled as exc:
+            outcome = Outcome(
+                status=TaskStatus.CANCEL,
+                error=describe_exception(exc),
+                traceback=traceback.format_exc(),
+            )
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            outcome = self.failure(definition, task, exc)
+        for middleware in [*self.global_after, *options.middlewares_after]:
+            try:
+                middleware.after(ctx, outcome)
+            except Exception as exc:
+                logger.exception("Middleware %r failed after task %s", middleware, task.uuid)
+                outcome = Outcome(
+                    status=TaskStatus.ERROR,
+                    error=describe_exception(exc),
+                    traceback=traceback.format_exc(),
+                )
+        return outcome
+
+    def max_time(self, definition: BaseTask[Any]) -> float | None:
+        return definition.options.max_time or self.settings.default_max_time
+
+    def call(self, definition: BaseTask[Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+        func = definition.func
+        if definition.is_async:
+            return asyncio.run(self._call_async(func, args, kwargs, self.max_time(definition)))
+        result = func(*args, **kwargs)
+        if inspect.isgenerator(result):
+            return list(result)
+        return result
+
+    async def _call_async(
+        self, func: Any, args: list[Any], kwargs: dict[str, Any], max_time: float | None
+    ) -> Any:
+        async def run() -> Any:
+            if inspect.isasyncgenfunction(func):
+                return [item async for item in func(*args, **kwargs)]
+            return await func(*args, **kwargs)
+
+        try:
+            return await asyncio.wait_for(run(), timeout=max_time)
+        except asyncio.TimeoutError:
+            raise TaskTimeLimitExceeded(
+                f"Task exceeded its max_time of {max_time:g} s and was stopped."
+            ) from None
+
+    @staticmethod
+    def check_result(value: Any) -> None:
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise NotJSONResult(
+                f"The task returned a {type(value).__name__}, which cannot be stored as JSON: "
+                f"{exc}."
+            ) from None
+
+    def failure(self, definition: BaseTask[Any], task: Task, exc: BaseException) -> Outcome:
+        """``retry`` if another attempt is allowed and the error matches, else ``error``."""
+        options = definition.options
+        error = describe_exception(exc)
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        retryable = not options.retry_on_exc or isinstance(exc, options.retry_on_exc)
+        if retryable and isinstance(exc, Exception) and task.attempt <= task.max_retries:
+            backoff = (
+                options.retry_backoff
+                if options.retry_backoff is not None
+                else self.settings.default_retry_backoff
+            )
+            delay = retry_delay(backoff, task.attempt, self.settings.retry_backoff_max)
+            return Outcome(
+                status=TaskStatus.RETRY,
+                error=error,
+                traceback=text,
+                run_after=timezone.now() + dt.timedelta(seconds=delay),
+            )
+        return Outcome(status=TaskStatus.ERROR, error=error, traceback=text)

@@ -1,0 +1,73 @@
+"""GlobalConfig: shared, cross-process key/value state.
+
+Worker registrations, queue flags and runtime settings are rows of ``ConfigEntry``
+grouped by ``name``; a row with ``expires_at`` in the past reads as absent, which is
+what makes heartbeats work without a coordinator.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from abc import ABC, abstractmethod
+from typing import Any
+
+from django.db.models import Q
+from django.utils import timezone
+
+from .models import ConfigEntry
+from .settings import QTasksSettings
+from .signals import component_started, component_stopped
+
+
+class BaseGlobalConfig(ABC):
+    """The interface every GlobalConfig implements."""
+
+    component_name = "global_config"
+
+    def __init__(self, settings: QTasksSettings) -> None:
+        self.settings = settings
+
+    def start(self) -> None:
+        component_started.send(sender=type(self), component=self, name=self.component_name)
+
+    def stop(self) -> None:
+        component_stopped.send(sender=type(self), component=self, name=self.component_name)
+
+    @abstractmethod
+    def get(self, name: str, key: str, default: Any = None) -> Any:
+        """The value, or ``default`` when absent or expired."""
+
+    @abstractmethod
+    def set(self, name: str, key: str, value: Any, ttl: float | None = None) -> None:
+        """Store a value; with ``ttl`` (seconds) it reads as absent once that has passed."""
+
+    @abstractmethod
+    def delete(self, name: str, key: str) -> None: ...
+
+    @abstractmethod
+    def items(self, name: str) -> dict[str, Any]:
+        """Every live ``key -> value`` under ``name``."""
+
+
+class DjangoGlobalConfig(BaseGlobalConfig):
+    """GlobalConfig on the ``ConfigEntry`` model, in the ``QTASKS['DATABASE']`` database."""
+
+    def _entries(self, name: str) -> Any:
+        live = Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
+        return ConfigEntry.objects.using(self.settings.database).filter(live, name=name)
+
+    def get(self, name: str, key: str, default: Any = None) -> Any:
+        entry = self._entries(name).filter(key=key).values_list("value", flat=True).first()
+        return default if entry is None else entry
+
+    def set(self, name: str, key: str, value: Any, ttl: float | None = None) -> None:
+        expires_at = None if ttl is None else timezone.now() + dt.timedelta(seconds=ttl)
+        ConfigEntry.objects.using(self.settings.database).update_or_create(
+            name=name, key=key, defaults={"value": value, "expires_at": expires_at}
+        )
+
+    def delete(self, name: str, key: str) -> None:
+        ConfigEntry.objects.using(self.settings.database).filter(name=name, key=key).delete()
+
+    def items(self, name: str) -> dict[str, Any]:
+        return dict(self._entries(name).values_list("key", "value"))

@@ -1,0 +1,89 @@
+"""``python manage.py qtasks_worker``: run a worker until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from django_qtasks.exceptions import InvalidTaskCall
+
+LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
+
+
+def _queues(value: str) -> list[str]:
+    return [q.strip() for q in value.split(",") if q.strip()]
+
+
+class Command(BaseCommand):
+    help = "Run a django-qtasks worker: claim tasks from the database and run them."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--queues",
+            type=_queues,
+            default=None,
+            help="Comma-separated queues to take tasks from (default: all).",
+        )
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            default=None,
+            help="Threads running tasks (default: QTASKS['CONCURRENCY']).",
+        )
+        parser.add_argument(
+            "--burst", action="store_true", help="Exit once no task is ready and none is running."
+        )
+        parser.add_argument(
+            "--poll-interval",
+            type=float,
+            default=None,
+            help="Seconds between polls when idle (default: QTASKS['POLL_INTERVAL']).",
+        )
+        parser.add_argument(
+            "--grace",
+            type=float,
+            default=None,
+            help="Seconds running tasks get to finish on SIGTERM (default: QTASKS['GRACE']).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from django_qtasks import app
+
+        self._configure_logging(options["verbosity"])
+        if options["concurrency"] is not None and options["concurrency"] < 1:
+            raise CommandError("--concurrency must be at least 1.")
+        try:
+            starter = app.build_starter(
+                queues=options["queues"],
+                concurrency=options["concurrency"],
+                burst=options["burst"],
+                poll_interval=options["poll_interval"],
+                grace=options["grace"],
+            )
+        except InvalidTaskCall as exc:
+            raise CommandError(str(exc)) from exc
+        worker = starter.worker
+        logging.getLogger("django_qtasks.worker").info(
+            "Worker %s: queues=%s concurrency=%d tasks=%s",
+            worker.worker_id,
+            ",".join(worker.queues) if worker.queues else "*",
+            worker.concurrency,
+            ", ".join(app.registry.names()) or "(none)",
+        )
+        code = starter.run()
+        if code:
+            sys.exit(code)
+
+    @staticmethod
+    def _configure_logging(verbosity: int) -> None:
+        logger = logging.getLogger("django_qtasks")
+        logger.setLevel(LEVELS.get(verbosity, logging.DEBUG))
+        if not logger.handlers and not logging.getLogger().handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+            )
+            logger.addHandler(handler)

@@ -1,0 +1,150 @@
+"""Storage's and GlobalConfig's tables.
+
+The task table is the queue: one row per task, its status says where it is. The
+claim path reads only waiting rows through a partial index in claim order, so it
+stays fast however many finished rows pile up.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid as uuid_lib
+
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+
+def uuid7() -> uuid_lib.UUID:
+    """A time-ordered UUID (RFC 9562 version 7).
+
+    New rows land at the right edge of the primary-key index instead of at random
+    pages, which keeps inserts cheap on a large table.
+    """
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    return uuid_lib.UUID(int=value)
+
+
+class TaskStatus(models.TextChoices):
+    """Where a task is in its life. Stored as the plain strings below."""
+
+    NEW = "new", _("new")
+    """Waiting to be claimed; enters on ``add_task()``, leaves when a worker claims it
+    (``process``) or it is cancelled. A future ``run_after`` holds it back until then."""
+
+    PROCESS = "process", _("process")
+    """Claimed by one worker (``worker_id``) and running; leaves as ``success``,
+    ``error``, ``retry`` or ``cancel``."""
+
+    RETRY = "retry", _("retry")
+    """An attempt failed and another is allowed; waits like ``new`` until ``run_after``."""
+
+    SUCCESS = "success", _("success")
+    """Finished; ``returning`` holds the result. Final."""
+
+    ERROR = "error", _("error")
+    """Failed for good: attempts used up, or the error was not retryable. Final."""
+
+    CANCEL = "cancel", _("cancel")
+    """Cancelled before or while running. Final."""
+
+
+WAITING_STATUSES = (TaskStatus.NEW, TaskStatus.RETRY)
+ACTIVE_STATUSES = (TaskStatus.NEW, TaskStatus.RETRY, TaskStatus.PROCESS)
+FINISHED_STATUSES = (TaskStatus.SUCCESS, TaskStatus.ERROR, TaskStatus.CANCEL)
+
+
+class TaskRecord(models.Model):
+    """One task: what to run, where it is in the queue, and how it ended."""
+
+    uuid = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    task_name = models.CharField(max_length=255)
+    queue = models.CharField(max_length=64, default="default")
+    priority = models.SmallIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=TaskStatus.choices, default=TaskStatus.NEW)
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    returning = models.JSONField(null=True, blank=True)
+    traceback = models.TextField(blank=True, default="")
+    errors = models.JSONField(default=list, blank=True)
+    attempt = models.PositiveIntegerField(default=0)
+    max_retries = models.PositiveIntegerField(default=0)
+    run_after = models.DateTimeField()
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    worker_id = models.CharField(max_length=128, blank=True, default="")
+    # NULL, not "", for "no key": the partial unique index must ignore keyless rows.
+    unique_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    cancel_requested = models.BooleanField(default=False)
+    progress = models.JSONField(null=True, blank=True)
+    tags = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        verbose_name = _("task")
+        verbose_name_plural = _("tasks")
+        ordering = ("-created_at",)
+        indexes = [
+            # The claim path: waiting rows only, in claim order.
+            models.Index(
+                models.F("priority").desc(),
+                models.F("run_after"),
+                models.F("created_at"),
+                name="qtasks_claim_idx",
+                condition=Q(status__in=["new", "retry"]),
+            ),
+            # Rescue and "running now" views look only at running rows.
+            models.Index(
+                fields=["worker_id"],
+                name="qtasks_running_idx",
+                condition=Q(status="process"),
+            ),
+            models.Index(fields=["status", "-created_at"], name="qtasks_status_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["unique_key"],
+                name="qtasks_unique_active_key",
+                condition=Q(status__in=["new", "retry", "process"]) & Q(unique_key__isnull=False),
+            ),
+            models.CheckConstraint(
+                condition=Q(priority__gte=-100) & Q(priority__lte=100),
+                name="qtasks_priority_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_name} [{self.status}] {self.uuid}"
+
+
+class ConfigEntry(models.Model):
+    """GlobalConfig's shared state: ``(name, key) -> value``, optionally expiring.
+
+    Worker heartbeats live under ``name="workers"`` with a short ``expires_at``;
+    queue flags and runtime settings live under their own names.
+    """
+
+    name = models.CharField(max_length=64)
+    key = models.CharField(max_length=255)
+    value = models.JSONField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = _("global config entry")
+        verbose_name_plural = _("global config")
+        ordering = ("name", "key")
+        constraints = [
+            models.UniqueConstraint(fields=["name", "key"], name="qtasks_config_name_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.key}"

@@ -1,0 +1,430 @@
+"""QueueTasks: the object users touch. It registers tasks, enqueues and reads them.
+
+It knows the Broker (built from ``settings.QTASKS``, owning Storage and GlobalConfig)
+and builds the Worker and the Starter for ``qtasks_worker``. ``QueueTasks`` speaks
+plain calls; ``AsyncQueueTasks`` is its async twin over the same registry and broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid as uuid_lib
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, overload
+
+from asgiref.sync import sync_to_async
+from django.db import connections
+from django.utils.module_loading import import_string
+
+from . import signals
+from .broker import BaseBroker
+from .exceptions import (
+    ConfigurationError,
+    InvalidTaskCall,
+    ResultTimeout,
+    TaskNotFound,
+    TaskNotRegistered,
+    TaskRegistrationError,
+    WouldDeadlock,
+)
+from .executor import resolve_middlewares
+from .global_config import BaseGlobalConfig
+from .settings import QTasksSettings, get_settings
+from .storage import BaseStorage
+from .task import (
+    AsyncTask,
+    BaseTask,
+    RunAfter,
+    SyncTask,
+    Task,
+    TaskOptions,
+    TaskSpec,
+    check_json,
+    resolve_run_after,
+    validate_priority,
+    validate_queue,
+)
+
+if TYPE_CHECKING:
+    from .starter import Starter
+
+
+def _component(settings: QTasksSettings, key: str, base: type) -> Any:
+    path = getattr(settings, key)
+    try:
+        cls = import_string(path)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"QTASKS[{key.upper()!r}] {path!r} cannot be imported: {exc}"
+        ) from exc
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigurationError(
+            f"QTASKS[{key.upper()!r}] {path!r} is not a subclass of {base.__name__}."
+        )
+    return cls
+
+
+def build_broker(settings: QTasksSettings) -> BaseBroker:
+    """Broker -> Storage -> GlobalConfig, each class taken from the settings."""
+    global_config: BaseGlobalConfig = _component(settings, "global_config", BaseGlobalConfig)(
+        settings
+    )
+    storage: BaseStorage = _component(settings, "storage", BaseStorage)(settings, global_config)
+    broker: BaseBroker = _component(settings, "broker", BaseBroker)(settings, storage)
+    return broker
+
+
+class TaskRegistry:
+    """Task name -> registered task. Shared by an app and its async twin."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, BaseTask[Any]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, task: BaseTask[Any]) -> None:
+        with self._lock:
+            current = self._tasks.get(task.name)
+            if current is not None and not _same_function(current.func, task.func):
+                raise TaskRegistrationError(
+                    f"A task named {task.name!r} is already registered "
+                    f"({current.func.__module__}.{current.func.__qualname__}); "
+                    "give one of them another name=."
+                )
+            self._tasks[task.name] = task
+
+    def get(self, name: str) -> BaseTask[Any]:
+        try:
+            return self._tasks[name]
+        except KeyError:
+            raise TaskNotRegistered(
+                f"No task named {name!r} is registered in this process. Is its module "
+                "(tasks.py of an installed app) imported, and is the name spelled right?"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def names(self) -> list[str]:
+        return sorted(self._tasks)
+
+
+def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
+    """A module imported twice (reloads, tests) registers the same function again."""
+    return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+
+
+class BaseQueueTasks:
+    """What the sync and async apps share: registry, broker, specs, waiting."""
+
+    task_class: type[BaseTask[Any]]
+
+    def __init__(
+        self,
+        settings: QTasksSettings | None = None,
+        *,
+        registry: TaskRegistry | None = None,
+        shared_with: BaseQueueTasks | None = None,
+    ) -> None:
+        self._settings = settings
+        self._shared_with = shared_with
+        self.registry: TaskRegistry = registry or (
+            shared_with.registry if shared_with else TaskRegistry()
+        )
+        self._broker: BaseBroker | None = None
+        self._broker_settings: QTasksSettings | None = None
+        self._lock = threading.Lock()
+
+    # -- configuration ---------------------------------------------------------------
+    @property
+    def settings(self) -> QTasksSettings:
+        if self._shared_with is not None:
+            return self._shared_with.settings
+        return self._settings or get_settings()
+
+    @property
+    def broker(self) -> BaseBroker:
+        """The Broker (with its Storage and GlobalConfig), built once per settings."""
+        if self._shared_with is not None:
+            return self._shared_with.broker
+        settings = self.settings
+        with self._lock:
+            if self._broker is None or self._broker_settings is not settings:
+                self._broker = build_broker(settings)
+                self._broker_settings = settings
+            return self._broker
+
+    # -- registration ----------------------------------------------------------------
+    def _register(self, func: Callable[..., Any], options: dict[str, Any]) -> BaseTask[Any]:
+        name = options.pop("name", None)
+        if name is None:
+            name = f"{func.__module__}.{func.__qualname__}"
+        task_options = _build_options(name, options)
+        task = self.task_class(self, func, task_options)
+        self.registry.add(task)
+        return task
+
+    def get_task(self, name: str) -> BaseTask[Any]:
+        return self.registry.get(name)
+
+    # -- building a task (pure: no I/O) ----------------------------------------------
+    def build_spec(
+        self,
+        task_name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        *,
+        priority: int | None = None,
+        queue: str | None = None,
+        run_after: RunAfter = None,
+        unique_key: str | None = None,
+    ) -> TaskSpec:
+        settings = self.settings
+        options = self.registry.get(task_name).options if task_name in self.registry else None
+        if priority is None:
+            priority = options.priority if options and options.priority is not None else None
+        if priority is None:
+            priority = settings.default_priority
+        if queue is None:
+            queue = (options.queue if options else None) or settings.default_queue
+        retry = options.retry if options and options.retry is not None else settings.default_retry
+        if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
+            raise InvalidTaskCall(f"unique_key must be a non-empty string, got {unique_key!r}.")
+        args = list(args)
+        check_json(args, kwargs)
+        return TaskSpec(
+            task_name=task_name,
+            args=args,
+            kwargs=dict(kwargs),
+            queue=validate_queue(queue, settings.queues),
+            priority=validate_priority(priority),
+            run_after=resolve_run_after(run_after),
+            max_retries=retry,
+            unique_key=unique_key,
+            tags=list(options.tags) if options else [],
+        )
+
+    # -- the sync core; the async app wraps these --------------------------------------
+    def sync_add_spec(
+        self, spec: TaskSpec, *, timeout: float | None = None, sender: Any = None
+    ) -> Task:
+        task = self.broker.add(spec)
+        signals.task_enqueued.send(sender=sender or type(self), task=task)
+        if timeout is not None:
+            return self.wait(task.uuid, timeout)
+        return task
+
+    def sync_add_task(
+        self,
+        task_name: str,
+        *args: Any,
+        priority: int | None = None,
+        timeout: float | None = None,
+        queue: str | None = None,
+        run_after: RunAfter = None,
+        unique_key: str | None = None,
+        **kwargs: Any,
+    ) -> Task:
+        spec = self.build_spec(
+            task_name,
+            args,
+            kwargs,
+            priority=priority,
+            queue=queue,
+            run_after=run_after,
+            unique_key=unique_key,
+        )
+        return self.sync_add_spec(spec, timeout=timeout)
+
+    def sync_get(self, uuid: uuid_lib.UUID | str) -> Task | None:
+        return self.broker.get(uuid)
+
+    def wait(self, uuid: uuid_lib.UUID | str, timeout: float | None = None) -> Task:
+        """Block until the task is finished; raise :class:`ResultTimeout` after ``timeout``."""
+        waiter = _Waiter(self, uuid, timeout)
+        while True:
+            step = waiter.check(self.broker.get(uuid))
+            if isinstance(step, Task):
+                return step
+            time.sleep(step)
+
+    async def await_result(self, uuid: uuid_lib.UUID | str, timeout: float | None = None) -> Task:
+        """The async twin of :meth:`wait`: polls without holding a thread between reads."""
+        waiter = _Waiter(self, uuid, timeout)
+        while True:
+            step = waiter.check(await sync_to_async(self.broker.get)(uuid))
+            if isinstance(step, Task):
+                return step
+            await asyncio.sleep(step)
+
+    # -- the worker side ---------------------------------------------------------------
+    def build_starter(
+        self,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        burst: bool = False,
+        poll_interval: float | None = None,
+        grace: float | None = None,
+    ) -> Starter:
+        """The Starter for one worker process: the Worker and this app's Broker."""
+        from .starter import Starter
+        from .worker import BaseWorker
+
+        settings = self.settings
+        for queue in queues or ():
+            validate_queue(queue, settings.queues)
+        worker: BaseWorker = _component(settings, "worker", BaseWorker)(
+            self,
+            queues=list(queues) if queues else None,
+            concurrency=concurrency or settings.concurrency,
+            burst=burst,
+            poll_interval=settings.poll_interval if poll_interval is None else poll_interval,
+        )
+        starter_cls = _component(settings, "starter", Starter)
+        starter: Starter = starter_cls(
+            worker=worker,
+            broker=self.broker,
+            grace=settings.grace if grace is None else grace,
+        )
+        return starter
+
+
+class _Waiter:
+    """The decisions of waiting for a result, without the I/O (shared by sync and async)."""
+
+    def __init__(
+        self, app: BaseQueueTasks, uuid: uuid_lib.UUID | str, timeout: float | None
+    ) -> None:
+        if connections[app.settings.database].in_atomic_block:
+            raise WouldDeadlock(
+                "Waiting for a task inside transaction.atomic() cannot work: the task is not "
+                "committed, so no worker can run it. Wait after the block, or drop timeout=."
+            )
+        self.uuid = uuid
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.delay = 0.005
+        self.max_delay = app.settings.result_poll_interval
+
+    def check(self, task: Task | None) -> Task | float:
+        """The finished task, or how long to sleep before reading again."""
+        if task is None:
+            raise TaskNotFound(f"No task with uuid {self.uuid}.")
+        if task.is_finished:
+            return task
+        remaining = None if self.deadline is None else self.deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise ResultTimeout(
+                f"Task {self.uuid} is still {task.status!r} after {self.timeout:g} s.", task=task
+            )
+        delay = self.delay if remaining is None else min(self.delay, remaining)
+        self.delay = min(self.delay * 2, self.max_delay)
+        return delay
+
+
+def _build_options(name: str, options: dict[str, Any]) -> TaskOptions:
+    """Validate ``@app.task(...)`` options once, at import time."""
+    if not isinstance(name, str) or not name:
+        raise TaskRegistrationError(f"A task name must be a non-empty string, got {name!r}.")
+    known = set(TaskOptions.__dataclass_fields__) - {"name"}
+    unknown = set(options) - known
+    if unknown:
+        raise TaskRegistrationError(
+            f"Unknown option(s) for task {name!r}: {', '.join(sorted(unknown))}. "
+            f"Known: {', '.join(sorted(known))}."
+        )
+    values = dict(options)
+    if values.get("priority") is not None:
+        validate_priority(values["priority"])
+    if values.get("queue") is not None:
+        validate_queue(values["queue"], None)
+    retry = values.get("retry")
+    if retry is not None and (isinstance(retry, bool) or not isinstance(retry, int) or retry < 0):
+        raise TaskRegistrationError(f"retry must be an integer >= 0, got {retry!r} ({name}).")
+    exc_types = tuple(values.get("retry_on_exc") or ())
+    if not all(isinstance(e, type) and issubclass(e, BaseException) for e in exc_types):
+        raise TaskRegistrationError(f"retry_on_exc must list exception classes ({name}).")
+    values["retry_on_exc"] = exc_types
+    for key in ("retry_backoff", "max_time"):
+        value = values.get(key)
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or value < 0
+            or (key == "max_time" and value == 0)
+        ):
+            raise TaskRegistrationError(f"{key} must be a positive number, got {value!r} ({name}).")
+    values["tags"] = tuple(values.get("tags") or ())
+    for key in ("middlewares_before", "middlewares_after"):
+        values[key] = tuple(resolve_middlewares(values.get(key) or ()))
+    executor = values.get("executor")
+    if executor is not None:
+        from .executor import BaseTaskExecutor
+
+        if isinstance(executor, str):
+            executor = import_string(executor)
+        if not (isinstance(executor, type) and issubclass(executor, BaseTaskExecutor)):
+            raise TaskRegistrationError(f"executor must be a BaseTaskExecutor subclass ({name}).")
+        values["executor"] = executor
+    return TaskOptions(name=name, **values)
+
+
+class QueueTasks(BaseQueueTasks):
+    """The sync app: ``@app.task``, ``app.add_task(name, ...)``, ``app.get(uuid)``."""
+
+    task_class = SyncTask
+
+    @overload
+    def task(self, func: Callable[..., Any], /) -> SyncTask: ...
+    @overload
+    def task(
+        self, func: None = None, /, **options: Any
+    ) -> Callable[[Callable[..., Any]], SyncTask]: ...
+    def task(
+        self, func: Callable[..., Any] | None = None, /, **options: Any
+    ) -> SyncTask | Callable[[Callable[..., Any]], SyncTask]:
+        """Register a function as a task: ``@app.task`` or ``@app.task(retry=3, ...)``."""
+        if func is not None:
+            return self._register(func, options)  # type: ignore[return-value]
+        return lambda f: self._register(f, dict(options))  # type: ignore[return-value]
+
+    def add_spec(self, spec: TaskSpec, *, timeout: float | None = None, sender: Any = None) -> Task:
+        return self.sync_add_spec(spec, timeout=timeout, sender=sender)
+
+    add_task = BaseQueueTasks.sync_add_task
+    get = BaseQueueTasks.sync_get
+
+
+class AsyncQueueTasks(BaseQueueTasks):
+    """The async twin: the same operations, awaited."""
+
+    task_class = AsyncTask
+
+    @overload
+    def task(self, func: Callable[..., Any], /) -> AsyncTask: ...
+    @overload
+    def task(
+        self, func: None = None, /, **options: Any
+    ) -> Callable[[Callable[..., Any]], AsyncTask]: ...
+    def task(
+        self, func: Callable[..., Any] | None = None, /, **options: Any
+    ) -> AsyncTask | Callable[[Callable[..., Any]], AsyncTask]:
+        if func is not None:
+            return self._register(func, options)  # type: ignore[return-value]
+        return lambda f: self._register(f, dict(options))  # type: ignore[return-value]
+
+    async def add_spec(
+        self, spec: TaskSpec, *, timeout: float | None = None, sender: Any = None
+    ) -> Task:
+        return await sync_to_async(self.sync_add_spec)(spec, timeout=timeout, sender=sender)
+
+    async def add_task(self, task_name: str, *args: Any, **kwargs: Any) -> Task:
+        return await sync_to_async(self.sync_add_task)(task_name, *args, **kwargs)
+
+    async def get(self, uuid: uuid_lib.UUID | str) -> Task | None:
+        return await sync_to_async(self.sync_get)(uuid)
+
+
+__all__ = ["AsyncQueueTasks", "QueueTasks", "TaskRegistry", "build_broker"]

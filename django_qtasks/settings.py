@@ -1,0 +1,159 @@
+"""GlobalConfig's static twin: the ``QTASKS`` setting, validated once.
+
+Every key is known, typed and documented in ``docs/settings.md``; an unknown key or a
+wrong type raises :class:`~django_qtasks.exceptions.ConfigurationError` naming it, so
+a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+from .exceptions import ConfigurationError
+
+QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+PRIORITY_MIN, PRIORITY_MAX = -100, 100
+
+
+@dataclass(frozen=True)
+class QTasksSettings:
+    """The validated ``settings.QTASKS``; attribute names are the keys in lower case."""
+
+    database: str = "default"
+    default_queue: str = "default"
+    queues: tuple[str, ...] | None = None
+    default_priority: int = 0
+    default_retry: int = 0
+    default_retry_backoff: float = 2.0
+    retry_backoff_max: float = 3600.0
+    default_max_time: float | None = None
+    concurrency: int = 4
+    poll_interval: float = 1.0
+    grace: float = 30.0
+    result_poll_interval: float = 0.2
+    middlewares_before: tuple[str, ...] = ()
+    middlewares_after: tuple[str, ...] = ()
+    executor: str = "django_qtasks.executor.TaskExecutor"
+    storage: str = "django_qtasks.storage.DjangoStorage"
+    global_config: str = "django_qtasks.global_config.DjangoGlobalConfig"
+    broker: str = "django_qtasks.broker.DjangoBroker"
+    worker: str = "django_qtasks.worker.ThreadWorker"
+    starter: str = "django_qtasks.starter.Starter"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_NUMBER = (int, float)
+
+
+def _check(key: str, value: Any, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ConfigurationError(
+            f"QTASKS[{key!r}] must be {expected}, got {type(value).__name__} {value!r}."
+        )
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+
+
+def _validate(key: str, value: Any) -> Any:
+    """Return the value in its stored form, or raise naming the key."""
+    name = key.lower()
+    if name in {"database", "executor", "storage", "global_config", "broker", "worker", "starter"}:
+        _check(key, value, isinstance(value, str) and bool(value), "a non-empty string")
+        return value
+    if name == "default_queue":
+        _check(
+            key,
+            value,
+            isinstance(value, str) and bool(QUEUE_NAME_RE.match(value)),
+            "a queue name (letters, digits, _ . : -, at most 64)",
+        )
+        return value
+    if name == "queues":
+        if value is None:
+            return None
+        _check(key, value, _is_str_list(value) and bool(value), "None or a list of queue names")
+        for queue in value:
+            _check(key, queue, bool(QUEUE_NAME_RE.match(queue)), "a list of valid queue names")
+        return tuple(value)
+    if name in {"middlewares_before", "middlewares_after"}:
+        _check(key, value, _is_str_list(value), "a list of dotted paths")
+        return tuple(value)
+    if name == "default_priority":
+        _check(
+            key,
+            value,
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and PRIORITY_MIN <= value <= PRIORITY_MAX,
+            "an integer from -100 to 100",
+        )
+        return value
+    if name in {"default_retry", "concurrency"}:
+        low = 1 if name == "concurrency" else 0
+        _check(
+            key,
+            value,
+            isinstance(value, int) and not isinstance(value, bool) and value >= low,
+            f"an integer >= {low}",
+        )
+        return value
+    if name == "default_max_time" and value is None:
+        return None
+    if name in {
+        "default_retry_backoff",
+        "retry_backoff_max",
+        "default_max_time",
+        "poll_interval",
+        "grace",
+        "result_poll_interval",
+    }:
+        positive = name in {"default_max_time", "poll_interval", "result_poll_interval"}
+        ok = isinstance(value, _NUMBER) and not isinstance(value, bool)
+        ok = ok and (value > 0 if positive else value >= 0)
+        _check(key, value, ok, "a number > 0" if positive else "a number >= 0")
+        return float(value)
+    if name == "extra":
+        _check(key, value, isinstance(value, dict), "a dict")
+        return dict(value)
+    known = sorted(f.name.upper() for f in fields(QTasksSettings))
+    raise ConfigurationError(f"QTASKS has an unknown key {key!r}. Known keys: {', '.join(known)}.")
+
+
+def build_settings(raw: Any) -> QTasksSettings:
+    """Validate a ``QTASKS`` dict and return the settings object."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigurationError(f"QTASKS must be a dict, got {type(raw).__name__}.")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or key != key.upper():
+            raise ConfigurationError(f"QTASKS keys are upper-case strings; got {key!r}.")
+        values[key.lower()] = _validate(key, value)
+    result = QTasksSettings(**values)
+    if result.queues is not None and result.default_queue not in result.queues:
+        raise ConfigurationError(
+            f"QTASKS['DEFAULT_QUEUE'] {result.default_queue!r} is not in QTASKS['QUEUES']."
+        )
+    return result
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> QTasksSettings:
+    """The project's validated settings, read once per process (reset by override_settings)."""
+    return build_settings(getattr(django_settings, "QTASKS", None))
+
+
+@receiver(setting_changed)
+def _reset(*, setting: str, **_: Any) -> None:
+    if setting in {"QTASKS", "DATABASES"}:
+        get_settings.cache_clear()

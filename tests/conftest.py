@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from django_qtasks import app as project_app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``@pytest.mark.postgres`` tests are skipped when the suite runs on SQLite."""
+    if connection.vendor == "postgresql":
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL (set DATABASE_URL)")
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def run_worker() -> Callable[..., int]:
+    """Run an in-process worker in burst mode until nothing is left; returns its exit code."""
+
+    def run(**options: object) -> int:
+        options.setdefault("burst", True)
+        options.setdefault("concurrency", 2)
+        starter = project_app.build_starter(**options)  # type: ignore[arg-type]
+        return starter.run(install_signals=False)
+
+    return run
+
+
+class WorkerProcesses:
+    """Real ``manage.py qtasks_worker`` processes on the test database."""
+
+    def __init__(self, db_name: str) -> None:
+        self.db_name = db_name
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "QTASKS_TEST_DB_NAME": self.db_name,
+            "PYTHONPATH": str(ROOT),
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+        }
+        out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "django", "qtasks_worker", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def worker_processes(transactional_db: None) -> Iterator[WorkerProcesses]:
+    """Start real worker processes; they are killed when the test ends."""
+    procs = WorkerProcesses(connection.settings_dict["NAME"])
+    try:
+        yield procs
+    finally:
+        procs.stop_all()

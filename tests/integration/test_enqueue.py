@@ -1,0 +1,173 @@
+"""add_task(): what is stored, what is refused, and how it follows the caller's transaction."""
+
+import datetime as dt
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.db import transaction
+from django.test import override_settings
+from django.utils import timezone
+
+from django_qtasks import app, async_app
+from django_qtasks.exceptions import InvalidTaskCall, WouldDeadlock
+from django_qtasks.models import TaskRecord
+from django_qtasks.signals import task_enqueued
+from tests.testapp import tasks
+
+pytestmark = pytest.mark.django_db
+
+
+def test_add_task_stores_a_new_task_and_returns_its_snapshot():
+    task = tasks.add.add_task(2, 3, priority=7)
+    record = TaskRecord.objects.get(uuid=task.uuid)
+    assert (record.status, record.task_name, record.args, record.kwargs) == (
+        "new", "tests.testapp.tasks.add", [2, 3], {},
+    )
+    assert (task.priority, task.queue, task.attempt, task.max_retries) == (7, "default", 0, 0)
+    assert app.get(task.uuid) == task
+
+
+def test_options_of_the_task_are_the_defaults():
+    task = tasks.flaky.add_task("k", 1)
+    assert task.max_retries == 3
+
+
+def test_pending_call_form_passes_reserved_names_to_the_function():
+    task = tasks.add(a=1, b=2).add_task(priority=-5, queue="other")
+    assert (task.kwargs, task.priority, task.queue) == ({"a": 1, "b": 2}, -5, "other")
+
+
+def test_add_task_by_name():
+    task = app.add_task("tests.record", "x", queue="q1")
+    assert (task.task_name, task.args, task.queue) == ("tests.record", ["x"], "q1")
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "named"),
+    [
+        ((object(),), {}, "positional argument 0"),
+        ((1,), {"when": timezone.now()}, "argument 'when'"),
+        (({1, 2},), {}, "positional argument 0"),
+        ((float("nan"),), {}, "positional argument 0"),
+    ],
+)
+def test_non_json_arguments_raise_type_error_and_store_nothing(args, kwargs, named):
+    with pytest.raises(TypeError, match=named):
+        tasks.record.add_task(*args, **kwargs)
+    assert TaskRecord.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"priority": 101}, "priority must be from -100 to 100"),
+        ({"priority": -101}, "priority must be from -100 to 100"),
+        ({"priority": True}, "priority must be an integer"),
+        ({"priority": "1"}, "priority must be an integer"),
+        ({"queue": ""}, "queue must be"),
+        ({"queue": "has space"}, "queue must be"),
+        ({"queue": "x" * 65}, "queue must be"),
+        ({"run_after": "tomorrow"}, "run_after must be"),
+        ({"run_after": dt.datetime(2030, 1, 1)}, "aware datetime"),
+        ({"unique_key": ""}, "unique_key must be a non-empty string"),
+    ],
+)
+def test_invalid_options_are_rejected(options, message):
+    with pytest.raises(InvalidTaskCall, match=message):
+        tasks.record.add_task("x", **options)
+    assert TaskRecord.objects.count() == 0
+
+
+def test_queues_setting_limits_the_queue_names():
+    with override_settings(QTASKS={"QUEUES": ["default", "mail"]}):
+        tasks.record.add_task("x", queue="mail")
+        with pytest.raises(InvalidTaskCall, match="not in QTASKS\\['QUEUES'\\]"):
+            tasks.record.add_task("x", queue="mial")
+
+
+def test_run_after_accepts_datetime_timedelta_and_seconds():
+    when = timezone.now() + dt.timedelta(hours=1)
+    assert tasks.record.add_task("a", run_after=when).run_after == when
+    before = timezone.now()
+    by_delta = tasks.record.add_task("b", run_after=dt.timedelta(seconds=30)).run_after
+    by_seconds = tasks.record.add_task("c", run_after=30).run_after
+    for value in (by_delta, by_seconds):
+        assert before + dt.timedelta(seconds=29) < value < timezone.now() + dt.timedelta(seconds=31)
+
+
+def test_without_run_after_a_task_is_ready_at_once():
+    task = tasks.record.add_task("a")
+    assert task.run_after == task.created_at
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_added_in_a_rolled_back_block_does_not_exist():
+    class Boom(Exception):
+        pass
+
+    seen = []
+
+    def enqueue_then_fail():
+        with transaction.atomic():
+            task = tasks.record.add_task("rolled back")
+            seen.append(TaskRecord.objects.filter(uuid=task.uuid).exists())
+            raise Boom
+
+    with pytest.raises(Boom):
+        enqueue_then_fail()
+    assert seen == [True]
+    assert not TaskRecord.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_added_in_a_committed_block_exists():
+    with transaction.atomic():
+        task = tasks.record.add_task("committed")
+    assert TaskRecord.objects.filter(uuid=task.uuid).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_waiting_inside_atomic_is_refused_before_anything_is_stored():
+    with pytest.raises(WouldDeadlock), transaction.atomic():
+        tasks.record.add_task("x", timeout=1)
+
+
+def test_unique_key_returns_the_existing_waiting_task():
+    first = tasks.record.add_task("a", unique_key="report:1")
+    second = tasks.record.add_task("b", unique_key="report:1")
+    assert second.uuid == first.uuid
+    assert TaskRecord.objects.count() == 1
+    other = tasks.record.add_task("c", unique_key="report:2")
+    assert other.uuid != first.uuid
+
+
+def test_unique_key_is_free_again_once_the_task_finished():
+    first = tasks.record.add_task("a", unique_key="k")
+    TaskRecord.objects.filter(uuid=first.uuid).update(status="success")
+    assert tasks.record.add_task("b", unique_key="k").uuid != first.uuid
+
+
+def test_task_enqueued_signal_carries_the_snapshot():
+    seen = []
+
+    def receiver(sender, task, **kwargs):
+        seen.append((sender, task))
+
+    task_enqueued.connect(receiver)
+    try:
+        task = tasks.add.add_task(1, 1)
+    finally:
+        task_enqueued.disconnect(receiver)
+    assert seen == [(tasks.add, task)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_async_twins_enqueue_and_read():
+    async def scenario():
+        task = await tasks.async_app_add.add_task(1, 2)
+        assert await async_app.get(task.uuid) == task
+        by_name = await async_app.add_task("tests.async_app_add", 3, 4)
+        pending = await tasks.async_app_add(5, 6).add_task()
+        return by_name.args, pending.args
+
+    assert async_to_sync(scenario)() == ([3, 4], [5, 6])

@@ -1,0 +1,242 @@
+"""What the worker and the TaskExecutor make of each kind of task (in-process worker)."""
+
+import threading
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.test import override_settings
+
+from django_qtasks import AsyncResult, SyncResult, app
+from django_qtasks.exceptions import ResultTimeout
+from django_qtasks.executor import TaskExecutor, retry_delay
+from django_qtasks.signals import task_finished, task_started
+from tests.testapp import middlewares, tasks
+from tests.testapp.models import Execution
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def finished(task):
+    return app.get(task.uuid)
+
+
+def test_success_stores_the_result_and_timings(run_worker):
+    task = tasks.add.add_task(2, 3)
+    assert run_worker() == 0
+    done = finished(task)
+    assert (done.status, done.returning, done.attempt, done.errors) == ("success", 5, 1, [])
+    assert done.created_at <= done.started_at <= done.finished_at
+    assert done.worker_id
+
+
+def test_retries_until_success_and_keeps_the_history(run_worker):
+    task = tasks.flaky.add_task("f", 2)
+    run_worker()
+    done = finished(task)
+    assert (done.status, done.returning, done.attempt) == ("success", 3, 3)
+    assert [e["attempt"] for e in done.errors] == [1, 2]
+    assert [e["type"] for e in done.errors] == ["builtins.ConnectionError"] * 2
+    assert "flaky failure 2" in done.errors[1]["traceback"]
+    assert Execution.objects.filter(key="f").count() == 3
+
+
+def test_retries_run_out_and_the_task_ends_error(run_worker):
+    task = tasks.always_fail.add_task("a")
+    run_worker()
+    done = finished(task)
+    assert (done.status, done.attempt, len(done.errors)) == ("error", 2, 2)
+    assert "RuntimeError: boom a" in done.traceback
+    assert Execution.objects.filter(key="a").count() == 2
+
+
+def test_retry_on_exc_limits_which_errors_are_retried(run_worker):
+    task = tasks.fail_value.add_task("v")
+    run_worker()
+    done = finished(task)
+    assert (done.status, done.attempt) == ("error", 1)
+    assert done.errors[0]["type"] == "builtins.ValueError"
+
+
+def test_a_retry_waits_for_its_backoff(run_worker):
+    with override_settings(QTASKS={"DEFAULT_RETRY": 1, "DEFAULT_RETRY_BACKOFF": 600}):
+        task = tasks.add.add_task(1, "x")  # a TypeError, retried after the settings' backoff
+        run_worker()
+    done = finished(task)
+    assert (done.status, done.attempt) == ("retry", 1)
+    wait = (done.run_after - done.updated_at).total_seconds()
+    assert 300 <= wait <= 600
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap():
+    for attempt, base in [(1, 2.0), (2, 4.0), (3, 8.0)]:
+        delays = [retry_delay(2.0, attempt, cap=3600) for _ in range(200)]
+        assert all(base / 2 <= d <= base for d in delays)
+        assert len(set(delays)) > 1
+    assert retry_delay(2.0, 30, cap=60) <= 60
+    assert retry_delay(0, 5, cap=60) == 0
+
+
+def test_async_and_generator_tasks_return_their_results(run_worker):
+    a = tasks.async_add.add_task(4, 5)
+    g = tasks.gen.add_task(3)
+    ag = tasks.agen.add_task(3)
+    run_worker()
+    assert [finished(t).returning for t in (a, g, ag)] == [9, [0, 1, 2], [0, 2, 4]]
+
+
+def test_echo_tasks_get_their_context_and_report_progress(run_worker):
+    task = tasks.echo.add_task("t")
+    run_worker()
+    done = finished(task)
+    assert done.returning == {"uuid": str(task.uuid), "attempt": 1, "tag": "t"}
+    assert done.progress == {"done": 1, "total": 2, "message": "half"}
+
+
+def test_a_task_may_cancel_itself(run_worker):
+    task = tasks.cancel_me.add_task()
+    run_worker()
+    done = finished(task)
+    assert done.status == "cancel"
+    assert done.errors[0]["message"] == "changed my mind"
+
+
+def test_a_non_json_result_ends_error_with_a_clear_message(run_worker):
+    task = tasks.bad_result.add_task()
+    run_worker()
+    done = finished(task)
+    assert done.status == "error"
+    assert "returned a set, which cannot be stored as JSON" in done.errors[0]["message"]
+
+
+def test_async_tasks_are_stopped_at_max_time(run_worker):
+    task = tasks.async_slow.add_task()
+    run_worker()
+    done = finished(task)
+    assert done.status == "error"
+    assert "max_time of 0.2 s" in done.errors[0]["message"]
+
+
+def test_system_exit_in_a_task_does_not_end_the_worker(run_worker):
+    bad = tasks.call_exit.add_task()
+    good = tasks.add.add_task(1, 1)
+    assert run_worker(concurrency=1) == 0
+    assert finished(bad).status == "error"
+    assert finished(bad).errors[0]["type"] == "builtins.SystemExit"
+    assert finished(good).status == "success"
+
+
+def test_an_unregistered_task_name_ends_error_and_the_worker_goes_on(run_worker):
+    ghost = app.add_task("no.such.task", 1)
+    good = tasks.add.add_task(1, 2)
+    assert run_worker(concurrency=1) == 0
+    assert finished(ghost).status == "error"
+    assert "No task named 'no.such.task' is registered" in finished(ghost).errors[0]["message"]
+    assert finished(good).returning == 3
+
+
+def test_higher_priority_runs_first_across_queues(run_worker):
+    order = [("low", -10, "a"), ("mid", 0, "b"), ("top", 50, "a"), ("high", 10, "b")]
+    for key, priority, queue in order:
+        tasks.record.add_task(key, priority=priority, queue=queue)
+    run_worker(concurrency=1)
+    ran = list(Execution.objects.order_by("id").values_list("key", flat=True))
+    assert ran == ["top", "high", "mid", "low"]
+
+
+def test_the_worker_only_takes_its_queues(run_worker):
+    mine = tasks.record.add_task("mine", queue="mail")
+    other = tasks.record.add_task("other", queue="reports")
+    run_worker(queues=["mail"])
+    assert finished(mine).status == "success"
+    assert finished(other).status == "new"
+
+
+def test_global_and_task_middlewares_wrap_the_call(run_worker):
+    middlewares.CALLS.clear()
+    with override_settings(
+        QTASKS={"MIDDLEWARES_BEFORE": ["tests.testapp.middlewares.Recorder"],
+                "MIDDLEWARES_AFTER": ["tests.testapp.middlewares.Recorder"]}
+    ):
+        tasks.add.add_task(1, 1)
+        run_worker()
+    assert middlewares.CALLS == [
+        ("before", "tests.testapp.tasks.add", 1),
+        ("after", "tests.testapp.tasks.add", "success"),
+    ]
+
+
+def test_a_failing_after_middleware_turns_the_task_into_an_error(run_worker):
+    definition = app.task(
+        name="tests.with_broken_after", middlewares_after=[middlewares.FailsAfter]
+    )(
+        lambda: 1
+    )
+    task = definition.add_task()
+    run_worker()
+    done = finished(task)
+    assert done.status == "error"
+    assert done.errors[0]["message"] == "middleware broke"
+
+
+class DoublingExecutor(TaskExecutor):
+    def call(self, definition, args, kwargs):
+        return 2 * super().call(definition, args, kwargs)
+
+
+def test_a_task_can_bring_its_own_executor(run_worker):
+    definition = app.task(name="tests.doubled", executor=DoublingExecutor)(lambda x: x)
+    task = definition.add_task(21)
+    run_worker()
+    assert finished(task).returning == 42
+
+
+def test_started_and_finished_signals(run_worker):
+    seen = []
+
+    def on_start(sender, task, **kwargs):
+        seen.append(("started", task.uuid, task.status))
+
+    def on_finish(sender, task, outcome, **kwargs):
+        seen.append(("finished", task.uuid, outcome.status))
+
+    task_started.connect(on_start)
+    task_finished.connect(on_finish)
+    try:
+        task = tasks.add.add_task(1, 1)
+        run_worker()
+    finally:
+        task_started.disconnect(on_start)
+        task_finished.disconnect(on_finish)
+    assert seen == [("started", task.uuid, "process"), ("finished", task.uuid, "success")]
+
+
+@pytest.fixture
+def background_worker():
+    """A worker running in a thread until the test ends (for waiting on results)."""
+    starter = app.build_starter(concurrency=2, poll_interval=0.02)
+    thread = threading.Thread(target=starter.run, kwargs={"install_signals": False})
+    thread.start()
+    yield starter
+    starter.request_stop()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+def test_add_task_with_timeout_returns_the_finished_task(background_worker):
+    done = tasks.add.add_task(20, 22, timeout=20)
+    assert (done.status, done.returning) == ("success", 42)
+
+
+def test_results_wait_for_the_task(background_worker):
+    task = tasks.add.add_task(1, 2)
+    assert SyncResult(task.uuid).result(timeout=20).returning == 3
+    other = tasks.add.add_task(3, 4)
+    assert async_to_sync(AsyncResult(other.uuid).result)(timeout=20).returning == 7
+
+
+def test_result_timeout_raises_with_the_last_snapshot():
+    task = tasks.add.add_task(1, 2)  # no worker runs
+    with pytest.raises(ResultTimeout, match="still 'new'") as info:
+        SyncResult(task.uuid).result(timeout=0.05)
+    assert isinstance(info.value, TimeoutError)
+    assert info.value.task.uuid == task.uuid

@@ -1,0 +1,68 @@
+"""Settings for the test suite: SQLite by default, PostgreSQL when DATABASE_URL says so."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent
+env = environ.Env()
+
+SECRET_KEY = "tests-only-not-secret"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+_db_url = env.str("DATABASE_URL", default="")
+if _db_url:
+    DATABASES = {"default": env.db_url_config(_db_url)}
+    # One test database per run, so that concurrent runs on one server never collide.
+    DATABASES["default"]["TEST"] = {"NAME": f"test_qtasks_{os.getpid()}"}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(BASE_DIR / "qtasks-tests.sqlite3"),
+            "OPTIONS": {"timeout": 30},
+            # A file, not :memory:, so that real worker processes share it.
+            "TEST": {"NAME": str(BASE_DIR / f"qtasks-test-{os.getpid()}.sqlite3")},
+        }
+    }
+# Worker subprocesses started by the tests point at the test database by name.
+if env.str("QTASKS_TEST_DB_NAME", default=""):
+    DATABASES["default"]["NAME"] = env.str("QTASKS_TEST_DB_NAME")
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = env.str("QTASKS_TEST_DB_NAME")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django_qtasks",
+    "tests.testapp",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+ROOT_URLCONF = "tests.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+QTASKS = {"POLL_INTERVAL": 0.05, "RESULT_POLL_INTERVAL": 0.02, "DEFAULT_RETRY_BACKOFF": 0}

@@ -1,0 +1,121 @@
+"""Tasks the test suite runs through real workers. Side effects go to ``Execution``."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from django_qtasks import app, async_app
+
+from .models import Execution
+
+
+@app.task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@app.task(name="tests.record")
+def record(key: str) -> str:
+    Execution.objects.create(key=key, started=time.time(), finished=time.time())
+    return key
+
+
+@app.task(name="tests.slow")
+def slow(key: str, seconds: float) -> str:
+    """Marks its start, works for ``seconds``, marks its end (tests wait on the marks)."""
+    row = Execution.objects.create(key=key, started=time.time())
+    time.sleep(seconds)  # the work itself, not synchronisation
+    row.finished = time.time()
+    row.save(update_fields=["finished"])
+    return key
+
+
+@app.task(name="tests.flaky", retry=3, retry_backoff=0)
+def flaky(key: str, failures: int) -> int:
+    """Fails ``failures`` times, then succeeds; returns the attempt that succeeded."""
+    runs = Execution.objects.filter(key=key).count() + 1
+    Execution.objects.create(key=key, attempt=runs)
+    if runs <= failures:
+        raise ConnectionError(f"flaky failure {runs}")
+    return runs
+
+
+@app.task(name="tests.fail_value", retry=2, retry_on_exc=[ConnectionError], retry_backoff=0)
+def fail_value(key: str) -> None:
+    Execution.objects.create(key=key)
+    raise ValueError("not retryable")
+
+
+@app.task(name="tests.always_fail", retry=1, retry_backoff=0)
+def always_fail(key: str) -> None:
+    Execution.objects.create(key=key)
+    raise RuntimeError(f"boom {key}")
+
+
+@app.task(name="tests.async_add")
+async def async_add(a: int, b: int) -> int:
+    return a + b
+
+
+@async_app.task(name="tests.async_app_add")
+async def async_app_add(a: int, b: int) -> int:
+    return a + b
+
+
+@app.task(name="tests.gen")
+def gen(n: int) -> Any:
+    yield from range(n)
+
+
+@app.task(name="tests.agen")
+async def agen(n: int) -> Any:
+    for i in range(n):
+        yield i * 2
+
+
+@app.task(name="tests.echo", echo=True)
+def echo(self: Any, tag: str) -> dict[str, Any]:
+    self.ctx.set_progress(1, 2, "half")
+    return {"uuid": str(self.ctx.task_uuid), "attempt": self.ctx.attempt, "tag": tag}
+
+
+@app.task(name="tests.cancel_me", echo=True)
+def cancel_me(self: Any) -> None:
+    self.ctx.cancel("changed my mind")
+
+
+@app.task(name="tests.bad_result")
+def bad_result() -> Any:
+    return {1, 2, 3}
+
+
+@app.task(name="tests.async_slow", max_time=0.2)
+async def async_slow() -> None:
+    import asyncio
+
+    await asyncio.sleep(30)
+
+
+@app.task(name="tests.exit")
+def call_exit() -> None:
+    raise SystemExit(3)
+
+
+@app.task(name="tests.wait_for_file")
+def wait_for_file(key: str, path: str, limit: float = 30) -> str:
+    """Marks its start, then runs until ``path`` exists (the test decides when it ends)."""
+    row = Execution.objects.create(key=key, started=time.time())
+    deadline = time.monotonic() + limit
+    while not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    row.finished = time.time()
+    row.save(update_fields=["finished"])
+    return key
+
+
+@app.task(name="tests.pid")
+def pid() -> int:
+    return os.getpid()
