@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from django.contrib import admin
+from django.http import HttpRequest
 
 from .models import ConfigEntry, TaskRecord
 
@@ -32,6 +33,10 @@ class TaskRecordAdmin(TaskRecordAdminBase):
     ordering = ("-created_at",)
     show_full_result_count = False
     readonly_fields = [f.name for f in TaskRecord._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Tasks are created by code (add_task), which validates what a form cannot.
+        return False
 
 
 @admin.register(ConfigEntry)

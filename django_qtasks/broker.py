@@ -14,7 +14,7 @@ from typing import Any
 
 from .settings import QTasksSettings
 from .signals import component_started, component_stopped
-from .storage import BaseStorage
+from .storage import WORKERS, BaseStorage
 from .task import Outcome, Task, TaskSpec
 
 
@@ -36,7 +36,8 @@ class BaseBroker(ABC):
         component_stopped.send(sender=type(self), component=self, name=self.component_name)
 
     @abstractmethod
-    def add(self, spec: TaskSpec) -> Task: ...
+    def add(self, spec: TaskSpec) -> tuple[Task, bool]:
+        """Store a new task; see :meth:`BaseStorage.add`."""
 
     @abstractmethod
     def get(self, uuid: uuid_lib.UUID | str) -> Task | None: ...
@@ -51,14 +52,34 @@ class BaseBroker(ABC):
     def wait_for_work(self, timeout: float, stop: threading.Event) -> None:
         """Return when work may be ready, after ``timeout`` at the latest, or on ``stop``."""
 
+    # Shared by every Broker: they only pass through to Storage and GlobalConfig.
     def set_progress(self, uuid: uuid_lib.UUID, progress: dict[str, Any]) -> None:
         self.storage.set_progress(uuid, progress)
+
+    def cancel(self, uuid: uuid_lib.UUID | str, reason: str = "") -> Task | None:
+        return self.storage.cancel(uuid, reason)
+
+    def cancel_requests(self, worker_id: str) -> set[uuid_lib.UUID]:
+        return self.storage.cancel_requests(worker_id)
+
+    def rescue(self, worker_id: str | None = None) -> list[tuple[uuid_lib.UUID, str]]:
+        return self.storage.rescue(worker_id)
+
+    def heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
+        """Say this worker is alive for ``ttl`` more seconds."""
+        self.storage.global_config.set(WORKERS, worker_id, info, ttl=ttl)
+
+    def forget_worker(self, worker_id: str) -> None:
+        self.storage.global_config.delete(WORKERS, worker_id)
+
+    def live_workers(self) -> dict[str, Any]:
+        return self.storage.global_config.items(WORKERS)
 
 
 class DjangoBroker(BaseBroker):
     """The Broker for the Django ORM storage: claims through Storage, polls for work."""
 
-    def add(self, spec: TaskSpec) -> Task:
+    def add(self, spec: TaskSpec) -> tuple[Task, bool]:
         return self.storage.add(spec)
 
     def get(self, uuid: uuid_lib.UUID | str) -> Task | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from django.core.checks import CheckMessage, Error, register
@@ -10,6 +11,8 @@ from django.db import connections
 from .exceptions import ConfigurationError
 from .settings import get_settings
 from .storage import SUPPORTED_VENDORS
+
+MIN_SQLITE = (3, 35)  # UPDATE ... RETURNING
 
 
 @register()
@@ -32,6 +35,14 @@ def check_qtasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                 f"QTASKS['DATABASE'] {settings.database!r} is {vendor}; django-qtasks "
                 f"supports {' and '.join(SUPPORTED_VENDORS)}.",
                 id="django_qtasks.E003",
+            )
+        ]
+    if vendor == "sqlite" and sqlite3.sqlite_version_info < MIN_SQLITE:
+        return [
+            Error(
+                f"SQLite {sqlite3.sqlite_version} is too old: django-qtasks needs "
+                f"{'.'.join(map(str, MIN_SQLITE))} or newer (for UPDATE ... RETURNING).",
+                id="django_qtasks.E004",
             )
         ]
     return []

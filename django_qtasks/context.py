@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
+
+from asgiref.sync import sync_to_async
 
 from .exceptions import TaskCancelled
 
 if TYPE_CHECKING:
     from .queue_tasks import BaseQueueTasks
     from .task import BaseTask, Task
+    from .timelimit import Timekeeper
 
 
 class TaskContext:
@@ -19,10 +26,17 @@ class TaskContext:
     Middlewares receive it too; ``state`` is a free dict they may share through.
     """
 
-    def __init__(self, definition: BaseTask[Any], task: Task) -> None:
+    def __init__(
+        self, definition: BaseTask[Any], task: Task, timekeeper: Timekeeper | None = None
+    ) -> None:
         self.definition = definition
         self.task = task
         self.state: dict[str, Any] = {}
+        self.timekeeper = timekeeper
+        self.cancel_reason = ""
+        self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._async_task: tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]] | None = None
 
     @property
     def task_uuid(self) -> UUID:
@@ -58,14 +72,64 @@ class TaskContext:
 
     def set_progress(self, done: float, total: float | None = None, message: str = "") -> None:
         """Store the task's progress (shown in the admin); written at once, so call it
-        at a human pace (every few hundred milliseconds at most), not per item."""
+        at a human pace (every few hundred milliseconds at most), not per item.
+
+        It is also a cancellation point: if someone cancelled the task, it raises
+        :class:`TaskCancelled` instead."""
+        self.check_cancelled()
         self.definition.app.broker.set_progress(
             self.task_uuid, {"done": done, "total": total, "message": message}
         )
 
+    async def aset_progress(
+        self, done: float, total: float | None = None, message: str = ""
+    ) -> None:
+        """:meth:`set_progress` for ``async def`` tasks."""
+        await sync_to_async(self.set_progress)(done, total, message)
+
     def cancel(self, reason: str = "") -> None:
         """End this task now as ``cancel`` (raises :class:`TaskCancelled`)."""
         raise TaskCancelled(reason)
+
+    # -- cancellation from outside ---------------------------------------------------------
+    @property
+    def is_cancelled(self) -> bool:
+        """True once someone asked to cancel this task (``app.cancel()``, the admin)."""
+        return self._cancelled.is_set()
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`TaskCancelled` if the task was asked to stop: call it between
+        steps of long sync work, which cannot be interrupted safely otherwise."""
+        if self._cancelled.is_set():
+            raise TaskCancelled(self.cancel_reason or "cancel requested")
+
+    def request_cancel(self, reason: str = "cancel requested") -> None:
+        """Called by the Worker: flag the task, and cancel it outright if it is async."""
+        with self._lock:
+            self.cancel_reason = reason
+            self._cancelled.set()
+            if self._async_task is not None:
+                loop, task = self._async_task
+                loop.call_soon_threadsafe(task.cancel)
+
+    @contextmanager
+    def cancel_scope(self, task: asyncio.Future[Any]) -> Iterator[None]:
+        """Make ``task`` (the running coroutine) the one :meth:`request_cancel` cancels."""
+        with self._lock:
+            self._async_task = (asyncio.get_running_loop(), task)
+            if self._cancelled.is_set():
+                task.cancel()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._async_task = None
+
+    def time_limit(self, max_time: float | None) -> AbstractContextManager[None]:
+        """The Worker's time limit for sync code (none when run outside a worker)."""
+        if self.timekeeper is None or max_time is None:
+            return nullcontext()
+        return self.timekeeper.limit(max_time)
 
 
 class TaskSelf:
@@ -81,6 +145,4 @@ class TaskSelf:
         return app.sync_add_task(self.definition.name, *args, **kwargs)
 
     async def aadd_task(self, *args: Any, **kwargs: Any) -> Task:
-        from asgiref.sync import sync_to_async
-
-        return await sync_to_async(self.add_task, thread_sensitive=False)(*args, **kwargs)
+        return await sync_to_async(self.add_task)(*args, **kwargs)

@@ -19,6 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from asgiref.sync import async_to_sync
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -26,6 +27,7 @@ from .context import TaskContext, TaskSelf
 from .exceptions import QTasksError, TaskCancelled, describe_exception
 from .models import TaskStatus
 from .task import Outcome, Task
+from .timelimit import TaskTimeLimitExceeded, time_limit_message
 
 if TYPE_CHECKING:
     from .settings import QTasksSettings
@@ -34,12 +36,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("django_qtasks.executor")
 
 
-class TaskTimeLimitExceeded(QTasksError, TimeoutError):
-    """The task ran longer than its ``max_time``."""
-
-
 class NotJSONResult(QTasksError, TypeError):
-    """The task returned a value that cannot be stored as JSON."""
+    """The task returned a value that cannot be stored as JSON (never retried: it is a
+    bug in the task, and running it again would repeat its side effects for nothing)."""
 
 
 def resolve_middlewares(items: Iterable[Any]) -> list[Any]:
@@ -67,7 +66,10 @@ class BaseTaskExecutor(ABC):
         self.settings = settings
 
     @abstractmethod
-    def execute(self, definition: BaseTask[Any], task: Task) -> Outcome: ...
+    def execute(
+        self, definition: BaseTask[Any], task: Task, ctx: TaskContext | None = None
+    ) -> Outcome:
+        """Run one attempt; ``ctx`` comes from the Worker (cancel flag, time limits)."""
 
 
 class TaskExecutor(BaseTaskExecutor):
@@ -78,21 +80,24 @@ class TaskExecutor(BaseTaskExecutor):
         self.global_before = resolve_middlewares(settings.middlewares_before)
         self.global_after = resolve_middlewares(settings.middlewares_after)
 
-    def execute(self, definition: BaseTask[Any], task: Task) -> Outcome:
-        ctx = TaskContext(definition, task)
+    def execute(
+        self, definition: BaseTask[Any], task: Task, ctx: TaskContext | None = None
+    ) -> Outcome:
+        ctx = ctx or TaskContext(definition, task)
         options = definition.options
         try:
             for middleware in [*self.global_before, *options.middlewares_before]:
                 middleware.before(ctx)
             args = [TaskSelf(definition, ctx), *task.args] if options.echo else list(task.args)
-            value = self.call(definition, args, task.kwargs)
+            value = self.call(definition, args, task.kwargs, ctx)
             self.check_result(value)
             outcome = Outcome(status=TaskStatus.SUCCESS, returning=value)
         except TaskCancelled as exc:
+            # A cancel from outside already recorded who asked and why.
             outcome = Outcome(
                 status=TaskStatus.CANCEL,
-                error=describe_exception(exc),
-                traceback=traceback.format_exc(),
+                error=None if ctx.is_cancelled else describe_exception(exc),
+                traceback="" if ctx.is_cancelled else traceback.format_exc(),
             )
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
@@ -113,29 +118,55 @@ class TaskExecutor(BaseTaskExecutor):
     def max_time(self, definition: BaseTask[Any]) -> float | None:
         return definition.options.max_time or self.settings.default_max_time
 
-    def call(self, definition: BaseTask[Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+    def call(
+        self,
+        definition: BaseTask[Any],
+        args: list[Any],
+        kwargs: dict[str, Any],
+        ctx: TaskContext,
+    ) -> Any:
+        """Call the function: sync ones under the thread's time limit, async ones on an
+        event loop with ``asyncio`` timeouts and cancellation. Generators give a list."""
         func = definition.func
+        max_time = self.max_time(definition)
         if definition.is_async:
-            return asyncio.run(self._call_async(func, args, kwargs, self.max_time(definition)))
-        result = func(*args, **kwargs)
-        if inspect.isgenerator(result):
-            return list(result)
-        return result
+            # async_to_sync, not asyncio.run: the task's sync_to_async calls (and Django's
+            # async ORM) then run on this worker thread, with its own connection.
+            return async_to_sync(self._call_async)(func, args, kwargs, max_time, ctx)
+        with ctx.time_limit(max_time):
+            result = func(*args, **kwargs)
+            if inspect.isgenerator(result):
+                return list(result)
+            return result
 
     async def _call_async(
-        self, func: Any, args: list[Any], kwargs: dict[str, Any], max_time: float | None
+        self,
+        func: Any,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        max_time: float | None,
+        ctx: TaskContext,
     ) -> Any:
         async def run() -> Any:
             if inspect.isasyncgenfunction(func):
                 return [item async for item in func(*args, **kwargs)]
             return await func(*args, **kwargs)
 
-        try:
-            return await asyncio.wait_for(run(), timeout=max_time)
-        except asyncio.TimeoutError:
-            raise TaskTimeLimitExceeded(
-                f"Task exceeded its max_time of {max_time:g} s and was stopped."
-            ) from None
+        inner = asyncio.ensure_future(run())
+        with ctx.cancel_scope(inner):
+            # asyncio.wait, not wait_for: a TimeoutError the task raises itself must stay
+            # its own error, not read as our time limit.
+            done, _ = await asyncio.wait({inner}, timeout=max_time)
+            if not done:
+                inner.cancel()
+                await asyncio.gather(inner, return_exceptions=True)
+                raise TaskTimeLimitExceeded(time_limit_message(max_time or 0))
+            try:
+                return inner.result()
+            except asyncio.CancelledError:
+                if ctx.is_cancelled:
+                    raise TaskCancelled(ctx.cancel_reason) from None
+                raise
 
     @staticmethod
     def check_result(value: Any) -> None:
@@ -152,7 +183,9 @@ class TaskExecutor(BaseTaskExecutor):
         options = definition.options
         error = describe_exception(exc)
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        retryable = not options.retry_on_exc or isinstance(exc, options.retry_on_exc)
+        retryable = not isinstance(exc, NotJSONResult) and (
+            not options.retry_on_exc or isinstance(exc, options.retry_on_exc)
+        )
         if retryable and isinstance(exc, Exception) and task.attempt <= task.max_retries:
             backoff = (
                 options.retry_backoff

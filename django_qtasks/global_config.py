@@ -62,8 +62,13 @@ class DjangoGlobalConfig(BaseGlobalConfig):
 
     def set(self, name: str, key: str, value: Any, ttl: float | None = None) -> None:
         expires_at = None if ttl is None else timezone.now() + dt.timedelta(seconds=ttl)
-        ConfigEntry.objects.using(self.settings.database).update_or_create(
-            name=name, key=key, defaults={"value": value, "expires_at": expires_at}
+        # One INSERT ... ON CONFLICT DO UPDATE: no read-then-write transaction, which
+        # SQLite would refuse under concurrent writers instead of waiting.
+        ConfigEntry.objects.using(self.settings.database).bulk_create(
+            [ConfigEntry(name=name, key=key, value=value, expires_at=expires_at)],
+            update_conflicts=True,
+            unique_fields=["name", "key"],
+            update_fields=["value", "expires_at", "updated_at"],
         )
 
     def delete(self, name: str, key: str) -> None:

@@ -111,7 +111,7 @@ class TaskRecord(models.Model):
         ]
         constraints = [
             models.UniqueConstraint(
-                fields=["unique_key"],
+                fields=["task_name", "unique_key"],
                 name="qtasks_unique_active_key",
                 condition=Q(status__in=["new", "retry", "process"]) & Q(unique_key__isnull=False),
             ),

@@ -21,7 +21,6 @@ from django.utils.module_loading import import_string
 from . import signals
 from .broker import BaseBroker
 from .exceptions import (
-    ConfigurationError,
     InvalidTaskCall,
     ResultTimeout,
     TaskNotFound,
@@ -31,7 +30,7 @@ from .exceptions import (
 )
 from .executor import resolve_middlewares
 from .global_config import BaseGlobalConfig
-from .settings import QTasksSettings, get_settings
+from .settings import QTasksSettings, get_settings, import_component
 from .storage import BaseStorage
 from .task import (
     AsyncTask,
@@ -51,28 +50,15 @@ if TYPE_CHECKING:
     from .starter import Starter
 
 
-def _component(settings: QTasksSettings, key: str, base: type) -> Any:
-    path = getattr(settings, key)
-    try:
-        cls = import_string(path)
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"QTASKS[{key.upper()!r}] {path!r} cannot be imported: {exc}"
-        ) from exc
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise ConfigurationError(
-            f"QTASKS[{key.upper()!r}] {path!r} is not a subclass of {base.__name__}."
-        )
-    return cls
-
-
 def build_broker(settings: QTasksSettings) -> BaseBroker:
     """Broker -> Storage -> GlobalConfig, each class taken from the settings."""
-    global_config: BaseGlobalConfig = _component(settings, "global_config", BaseGlobalConfig)(
+    global_config: BaseGlobalConfig = import_component(settings, "global_config", BaseGlobalConfig)(
         settings
     )
-    storage: BaseStorage = _component(settings, "storage", BaseStorage)(settings, global_config)
-    broker: BaseBroker = _component(settings, "broker", BaseBroker)(settings, storage)
+    storage: BaseStorage = import_component(settings, "storage", BaseStorage)(
+        settings, global_config
+    )
+    broker: BaseBroker = import_component(settings, "broker", BaseBroker)(settings, storage)
     return broker
 
 
@@ -206,14 +192,22 @@ class BaseQueueTasks:
         )
 
     # -- the sync core; the async app wraps these --------------------------------------
-    def sync_add_spec(
-        self, spec: TaskSpec, *, timeout: float | None = None, sender: Any = None
-    ) -> Task:
-        task = self.broker.add(spec)
-        signals.task_enqueued.send(sender=sender or type(self), task=task)
+    def sync_add_spec(self, spec: TaskSpec, *, timeout: float | None = None) -> Task:
+        if timeout is not None:
+            self._check_can_wait()  # before anything is written
+        task, created = self.broker.add(spec)
+        if created:
+            signals.task_enqueued.send(sender=type(self), task=task)
         if timeout is not None:
             return self.wait(task.uuid, timeout)
         return task
+
+    def _check_can_wait(self) -> None:
+        if connections[self.settings.database].in_atomic_block:
+            raise WouldDeadlock(
+                "Waiting for a task inside transaction.atomic() cannot work: the task is not "
+                "committed, so no worker can run it. Wait after the block, or drop timeout=."
+            )
 
     def sync_add_task(
         self,
@@ -239,6 +233,11 @@ class BaseQueueTasks:
 
     def sync_get(self, uuid: uuid_lib.UUID | str) -> Task | None:
         return self.broker.get(uuid)
+
+    def sync_cancel(self, uuid: uuid_lib.UUID | str, reason: str = "") -> Task | None:
+        """Cancel a task: a waiting one at once (it never runs); a running one is asked to
+        stop and ends ``cancel`` at its next cancellation point (async tasks: at once)."""
+        return self.broker.cancel(uuid, reason)
 
     def wait(self, uuid: uuid_lib.UUID | str, timeout: float | None = None) -> Task:
         """Block until the task is finished; raise :class:`ResultTimeout` after ``timeout``."""
@@ -275,14 +274,14 @@ class BaseQueueTasks:
         settings = self.settings
         for queue in queues or ():
             validate_queue(queue, settings.queues)
-        worker: BaseWorker = _component(settings, "worker", BaseWorker)(
+        worker: BaseWorker = import_component(settings, "worker", BaseWorker)(
             self,
             queues=list(queues) if queues else None,
             concurrency=concurrency or settings.concurrency,
             burst=burst,
             poll_interval=settings.poll_interval if poll_interval is None else poll_interval,
         )
-        starter_cls = _component(settings, "starter", Starter)
+        starter_cls = import_component(settings, "starter", Starter)
         starter: Starter = starter_cls(
             worker=worker,
             broker=self.broker,
@@ -297,11 +296,7 @@ class _Waiter:
     def __init__(
         self, app: BaseQueueTasks, uuid: uuid_lib.UUID | str, timeout: float | None
     ) -> None:
-        if connections[app.settings.database].in_atomic_block:
-            raise WouldDeadlock(
-                "Waiting for a task inside transaction.atomic() cannot work: the task is not "
-                "committed, so no worker can run it. Wait after the block, or drop timeout=."
-            )
+        app._check_can_wait()
         self.uuid = uuid
         self.timeout = timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
@@ -343,7 +338,10 @@ def _build_options(name: str, options: dict[str, Any]) -> TaskOptions:
     retry = values.get("retry")
     if retry is not None and (isinstance(retry, bool) or not isinstance(retry, int) or retry < 0):
         raise TaskRegistrationError(f"retry must be an integer >= 0, got {retry!r} ({name}).")
-    exc_types = tuple(values.get("retry_on_exc") or ())
+    exc_types = values.get("retry_on_exc") or ()
+    if isinstance(exc_types, type):
+        exc_types = (exc_types,)
+    exc_types = tuple(exc_types)
     if not all(isinstance(e, type) and issubclass(e, BaseException) for e in exc_types):
         raise TaskRegistrationError(f"retry_on_exc must list exception classes ({name}).")
     values["retry_on_exc"] = exc_types
@@ -356,7 +354,10 @@ def _build_options(name: str, options: dict[str, Any]) -> TaskOptions:
             or (key == "max_time" and value == 0)
         ):
             raise TaskRegistrationError(f"{key} must be a positive number, got {value!r} ({name}).")
-    values["tags"] = tuple(values.get("tags") or ())
+    tags = values.get("tags") or ()
+    if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags):
+        raise TaskRegistrationError(f"tags must be a list of strings, got {tags!r} ({name}).")
+    values["tags"] = tuple(tags)
     for key in ("middlewares_before", "middlewares_after"):
         values[key] = tuple(resolve_middlewares(values.get(key) or ()))
     executor = values.get("executor")
@@ -390,11 +391,12 @@ class QueueTasks(BaseQueueTasks):
             return self._register(func, options)  # type: ignore[return-value]
         return lambda f: self._register(f, dict(options))  # type: ignore[return-value]
 
-    def add_spec(self, spec: TaskSpec, *, timeout: float | None = None, sender: Any = None) -> Task:
-        return self.sync_add_spec(spec, timeout=timeout, sender=sender)
+    def add_spec(self, spec: TaskSpec, *, timeout: float | None = None) -> Task:
+        return self.sync_add_spec(spec, timeout=timeout)
 
     add_task = BaseQueueTasks.sync_add_task
     get = BaseQueueTasks.sync_get
+    cancel = BaseQueueTasks.sync_cancel
 
 
 class AsyncQueueTasks(BaseQueueTasks):
@@ -415,16 +417,17 @@ class AsyncQueueTasks(BaseQueueTasks):
             return self._register(func, options)  # type: ignore[return-value]
         return lambda f: self._register(f, dict(options))  # type: ignore[return-value]
 
-    async def add_spec(
-        self, spec: TaskSpec, *, timeout: float | None = None, sender: Any = None
-    ) -> Task:
-        return await sync_to_async(self.sync_add_spec)(spec, timeout=timeout, sender=sender)
+    async def add_spec(self, spec: TaskSpec, *, timeout: float | None = None) -> Task:
+        return await sync_to_async(self.sync_add_spec)(spec, timeout=timeout)
 
     async def add_task(self, task_name: str, *args: Any, **kwargs: Any) -> Task:
         return await sync_to_async(self.sync_add_task)(task_name, *args, **kwargs)
 
     async def get(self, uuid: uuid_lib.UUID | str) -> Task | None:
         return await sync_to_async(self.sync_get)(uuid)
+
+    async def cancel(self, uuid: uuid_lib.UUID | str, reason: str = "") -> Task | None:
+        return await sync_to_async(self.sync_cancel)(uuid, reason)
 
 
 __all__ = ["AsyncQueueTasks", "QueueTasks", "TaskRegistry", "build_broker"]

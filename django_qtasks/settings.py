@@ -15,6 +15,7 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+from django.utils.module_loading import import_string
 
 from .exceptions import ConfigurationError
 
@@ -38,6 +39,9 @@ class QTasksSettings:
     poll_interval: float = 1.0
     grace: float = 30.0
     result_poll_interval: float = 0.2
+    heartbeat_interval: float = 5.0
+    heartbeat_timeout: float = 30.0
+    rescue_interval: float = 15.0
     middlewares_before: tuple[str, ...] = ()
     middlewares_after: tuple[str, ...] = ()
     executor: str = "django_qtasks.executor.TaskExecutor"
@@ -115,8 +119,11 @@ def _validate(key: str, value: Any) -> Any:
         "poll_interval",
         "grace",
         "result_poll_interval",
+        "heartbeat_interval",
+        "heartbeat_timeout",
+        "rescue_interval",
     }:
-        positive = name in {"default_max_time", "poll_interval", "result_poll_interval"}
+        positive = name not in {"default_retry_backoff", "retry_backoff_max", "grace"}
         ok = isinstance(value, _NUMBER) and not isinstance(value, bool)
         ok = ok and (value > 0 if positive else value >= 0)
         _check(key, value, ok, "a number > 0" if positive else "a number >= 0")
@@ -144,7 +151,28 @@ def build_settings(raw: Any) -> QTasksSettings:
         raise ConfigurationError(
             f"QTASKS['DEFAULT_QUEUE'] {result.default_queue!r} is not in QTASKS['QUEUES']."
         )
+    if result.heartbeat_timeout < 2 * result.heartbeat_interval:
+        raise ConfigurationError(
+            "QTASKS['HEARTBEAT_TIMEOUT'] must be at least twice QTASKS['HEARTBEAT_INTERVAL'], "
+            "or one late heartbeat would make a live worker look dead."
+        )
     return result
+
+
+def import_component(settings: QTasksSettings, key: str, base: type) -> Any:
+    """The class a component key names, checked to be a subclass of ``base``."""
+    path = getattr(settings, key)
+    try:
+        cls = import_string(path)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"QTASKS[{key.upper()!r}] {path!r} cannot be imported: {exc}"
+        ) from exc
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigurationError(
+            f"QTASKS[{key.upper()!r}] {path!r} is not a subclass of {base.__name__}."
+        )
+    return cls
 
 
 @lru_cache(maxsize=1)

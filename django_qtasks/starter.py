@@ -1,8 +1,9 @@
 """Starter: starts the Worker and the Broker, and stops them in reverse order.
 
 It owns the process's signals. The first SIGTERM/SIGINT stops claiming and lets
-running tasks finish within the grace period; a second one leaves at once (the
-tasks still running are picked up again later: see docs/reliability.md).
+running tasks finish within the grace period; a second one leaves at once. Either
+way, tasks that did not finish are handed back for other workers (see
+docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from types import FrameType
 
 from .broker import BaseBroker
@@ -42,43 +42,35 @@ class Starter:
         self.worker.stop()
         component_stopped.send(sender=type(self), component=self, name=self.component_name)
 
-    def request_stop(self) -> None:
-        """Stop claiming; running tasks may finish. Safe from any thread."""
+    def request_stop(self, *, force: bool = False) -> None:
+        """Stop claiming (and with ``force``, stop waiting for running tasks)."""
         self.stop_event.set()
+        if force:
+            self.force_event.set()
 
     def run(self, *, install_signals: bool = True) -> int:
-        """Run until stopped; 0 when every running task finished, 1 otherwise."""
+        """Run until stopped; 0 when every claimed task finished, 1 otherwise."""
         if install_signals and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, self._on_signal)
         self.start()
-        clean = True
+        clean = False
         try:
-            self.worker.run(self.stop_event)
-            self.stop_event.set()
-            clean = self._drain()
+            clean = self.worker.run(self.stop_event, self.force_event, self.grace)
         finally:
             self.stop()
-        logger.info("Worker %s stopped%s", self.worker.worker_id, "" if clean else " (forced)")
+        logger.info(
+            "Worker %s stopped%s",
+            self.worker.worker_id,
+            "" if clean else "; unfinished tasks were handed back",
+        )
         return 0 if clean else 1
-
-    def _drain(self) -> bool:
-        """Wait for running tasks until they finish, the grace passes, or a second signal."""
-        logger.info("Stopping: waiting up to %g s for running tasks", self.grace)
-        deadline = time.monotonic() + self.grace
-        while not self.force_event.is_set():
-            remaining = deadline - time.monotonic()
-            if self.worker.drain(min(0.2, max(remaining, 0.0))):
-                return True
-            if remaining <= 0:
-                return False
-        return False
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self.stop_event.is_set():
             logger.warning("%s again: leaving now", name)
-            self.force_event.set()
+            self.request_stop(force=True)
             return
         logger.info("%s: no new tasks; finishing the running ones", name)
-        self.stop_event.set()
+        self.request_stop()

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from .exceptions import ConfigurationError
 from .global_config import BaseGlobalConfig
-from .models import ACTIVE_STATUSES, TaskRecord, TaskStatus
+from .models import ACTIVE_STATUSES, ConfigEntry, TaskRecord, TaskStatus
 from .settings import QTasksSettings
 from .signals import component_started, component_stopped
 from .task import Outcome, Task, TaskSpec
@@ -28,6 +28,10 @@ from .task import Outcome, Task, TaskSpec
 logger = logging.getLogger("django_qtasks.storage")
 
 SUPPORTED_VENDORS = ("postgresql", "sqlite")
+WORKERS = "workers"  # the GlobalConfig name under which workers keep their heartbeats
+WORKER_LOST = "django_qtasks.WorkerLost"
+CANCELLED = "django_qtasks.exceptions.TaskCancelled"
+_NOW = object()  # stands for "the time of the statement" in _update_with_error
 
 
 class BaseStorage(ABC):
@@ -48,8 +52,11 @@ class BaseStorage(ABC):
         component_stopped.send(sender=type(self), component=self, name=self.component_name)
 
     @abstractmethod
-    def add(self, spec: TaskSpec) -> Task:
-        """Store a new task on the caller's connection (inside its transaction, if any)."""
+    def add(self, spec: TaskSpec) -> tuple[Task, bool]:
+        """Store a new task on the caller's connection (inside its transaction, if any).
+
+        Returns the task and whether it was created: with a ``unique_key`` already held
+        by a waiting or running task of the same name, that task comes back instead."""
 
     @abstractmethod
     def get(self, uuid: uuid_lib.UUID | str) -> Task | None: ...
@@ -65,6 +72,24 @@ class BaseStorage(ABC):
 
     @abstractmethod
     def set_progress(self, uuid: uuid_lib.UUID, progress: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def rescue(self, worker_id: str | None = None) -> list[tuple[uuid_lib.UUID, str]]:
+        """Put running tasks whose worker is gone back to ``retry`` (``error`` when their
+        attempts are used up), recording why; returns ``(uuid, new status)`` pairs.
+
+        Without ``worker_id``: every task whose worker has no live heartbeat. With it:
+        that worker's tasks, whatever its heartbeat (it is leaving and says so).
+        Safe to run from many processes at once: each task is rescued once.
+        """
+
+    @abstractmethod
+    def cancel(self, uuid: uuid_lib.UUID | str, reason: str = "") -> Task | None:
+        """Cancel a waiting task at once; ask a running one to stop (``cancel_requested``)."""
+
+    @abstractmethod
+    def cancel_requests(self, worker_id: str) -> set[uuid_lib.UUID]:
+        """The running tasks of this worker that someone asked to cancel."""
 
 
 class DjangoStorage(BaseStorage):
@@ -86,7 +111,7 @@ class DjangoStorage(BaseStorage):
             )
         super().start()
 
-    def add(self, spec: TaskSpec) -> Task:
+    def add(self, spec: TaskSpec) -> tuple[Task, bool]:
         now = timezone.now()
         record = TaskRecord(
             task_name=spec.task_name,
@@ -103,7 +128,7 @@ class DjangoStorage(BaseStorage):
         )
         if spec.unique_key is None:
             record.save(force_insert=True, using=self.alias)
-            return Task.from_record(record)
+            return Task.from_record(record), True
         try:
             # A savepoint, so that a duplicate does not break the caller's transaction.
             with transaction.atomic(using=self.alias):
@@ -111,13 +136,17 @@ class DjangoStorage(BaseStorage):
         except IntegrityError:
             existing = (
                 self._records()
-                .filter(unique_key=spec.unique_key, status__in=ACTIVE_STATUSES)
+                .filter(
+                    task_name=spec.task_name,
+                    unique_key=spec.unique_key,
+                    status__in=ACTIVE_STATUSES,
+                )
                 .first()
             )
             if existing is None:
                 raise
-            return Task.from_record(existing)
-        return Task.from_record(record)
+            return Task.from_record(existing), False
+        return Task.from_record(record), True
 
     def get(self, uuid: uuid_lib.UUID | str) -> Task | None:
         record = self._records().filter(uuid=uuid).first()
@@ -129,8 +158,12 @@ class DjangoStorage(BaseStorage):
         connection = connections[self.alias]
         table = connection.ops.quote_name(TaskRecord._meta.db_table)
         now = connection.ops.adapt_datetimefield_value(timezone.now())
-        where = "status IN (%s, %s) AND run_after <= %s"
-        params: list[Any] = [TaskStatus.NEW.value, TaskStatus.RETRY.value, now]
+        # The statuses are literals, as in the partial index's condition: SQLite uses a
+        # partial index only when the query repeats that condition word for word.
+        where = (
+            f"status IN ('{TaskStatus.NEW.value}', '{TaskStatus.RETRY.value}') AND run_after <= %s"
+        )
+        params: list[Any] = [now]
         if queues:
             where += f" AND queue IN ({', '.join(['%s'] * len(queues))})"
             params.extend(queues)
@@ -186,3 +219,119 @@ class DjangoStorage(BaseStorage):
 
     def set_progress(self, uuid: uuid_lib.UUID, progress: dict[str, Any]) -> None:
         self._records().filter(uuid=uuid).update(progress=progress, updated_at=timezone.now())
+
+    def _update_with_error(
+        self,
+        assignments: list[tuple[str, Any]],
+        where: str,
+        where_params: list[Any],
+        error_type: str,
+        message: str,
+    ) -> list[tuple[uuid_lib.UUID, str]]:
+        """One ``UPDATE`` that also appends an entry to ``errors``; returns (uuid, status).
+
+        ``assignments`` are ``(sql, params)`` pairs; ``%(now)s`` in them is the time now.
+        All expressions read the row as it was, so the entry records the attempt that
+        was running.
+        """
+        connection = connections[self.alias]
+        vendor = connection.vendor
+        now = timezone.now()
+        db_now = connection.ops.adapt_datetimefield_value(now)
+        build = "jsonb_build_object" if vendor == "postgresql" else "json_object"
+        entry = f"{build}('attempt', attempt, 'at', %s, 'type', %s, 'message', %s, 'traceback', '')"
+        if vendor == "postgresql":
+            errors_sql = f"errors || jsonb_build_array({entry})"
+        else:
+            errors_sql = f"json_insert(errors, '$[#]', {entry})"
+        sets: list[str] = []
+        params: list[Any] = []
+        for sql, values in [*assignments, ("updated_at = %s", [db_now])]:
+            sets.append(sql)
+            params.extend(db_now if value is _NOW else value for value in values)
+        table = connection.ops.quote_name(TaskRecord._meta.db_table)
+        statement = (
+            f"UPDATE {table} SET {', '.join(sets)}, errors = {errors_sql} "
+            f"WHERE {where} RETURNING uuid, status"
+        )
+        params += [now.isoformat(), error_type, message, *where_params]
+        with connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            return [(_as_uuid(uuid), status) for uuid, status in cursor.fetchall()]
+
+    def rescue(self, worker_id: str | None = None) -> list[tuple[uuid_lib.UUID, str]]:
+        connection = connections[self.alias]
+        ops = connection.ops
+        running: list[Any] = [TaskStatus.PROCESS.value]
+        if worker_id is None:
+            # A crash counts as an attempt: a task that keeps killing workers ends `error`.
+            table = ops.quote_name(TaskRecord._meta.db_table)
+            config = ops.quote_name(ConfigEntry._meta.db_table)
+            where = (
+                f"status = %s AND NOT EXISTS (SELECT 1 FROM {config} c WHERE c.name = %s "
+                f"AND c.{ops.quote_name('key')} = {table}.worker_id "
+                "AND (c.expires_at IS NULL OR c.expires_at > %s))"
+            )
+            where_params = [*running, WORKERS, ops.adapt_datetimefield_value(timezone.now())]
+            why = "its worker stopped sending heartbeats"
+            left = "attempt <= max_retries"
+            assignments: list[tuple[str, Any]] = [
+                (
+                    f"status = CASE WHEN {left} THEN %s ELSE %s END",
+                    [TaskStatus.RETRY, TaskStatus.ERROR],
+                ),
+                (f"finished_at = CASE WHEN {left} THEN NULL ELSE %s END", [_NOW]),
+            ]
+        else:
+            # A worker that leaves hands its tasks back without spending their attempt.
+            where, where_params = "status = %s AND worker_id = %s", [*running, worker_id]
+            why = "its worker left before it finished"
+            assignments = [("status = %s", [TaskStatus.RETRY]), ("attempt = attempt - 1", [])]
+        message = f"Task lost: {why}."
+        assignments += [("run_after = %s", [_NOW]), ("traceback = %s", [message])]
+        rescued = self._update_with_error(assignments, where, where_params, WORKER_LOST, message)
+        for uuid, status in rescued:
+            logger.warning(
+                "Task %s rescued to %r: %s",
+                uuid,
+                status,
+                why,
+                extra={"action": "rescue", "task_uuid": str(uuid), "status": status},
+            )
+        return rescued
+
+    def cancel(self, uuid: uuid_lib.UUID | str, reason: str = "") -> Task | None:
+        pk = TaskRecord._meta.pk.get_db_prep_value(_as_uuid(uuid), connections[self.alias])
+        message = reason or "cancelled"
+        # A waiting task is cancelled at once: it never runs.
+        self._update_with_error(
+            [
+                ("status = %s", [TaskStatus.CANCEL]),
+                ("cancel_requested = %s", [True]),
+                ("finished_at = %s", [_NOW]),
+            ],
+            "uuid = %s AND status IN (%s, %s)",
+            [pk, TaskStatus.NEW, TaskStatus.RETRY],
+            CANCELLED,
+            message,
+        )
+        # A running task is asked to stop (once); its worker sees the flag within a beat.
+        self._update_with_error(
+            [("cancel_requested = %s", [True])],
+            "uuid = %s AND status = %s AND cancel_requested = %s",
+            [pk, TaskStatus.PROCESS, False],
+            CANCELLED,
+            message,
+        )
+        return self.get(uuid)
+
+    def cancel_requests(self, worker_id: str) -> set[uuid_lib.UUID]:
+        return set(
+            self._records()
+            .filter(worker_id=worker_id, status=TaskStatus.PROCESS, cancel_requested=True)
+            .values_list("uuid", flat=True)
+        )
+
+
+def _as_uuid(value: Any) -> uuid_lib.UUID:
+    return value if isinstance(value, uuid_lib.UUID) else uuid_lib.UUID(str(value))

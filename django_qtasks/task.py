@@ -57,12 +57,26 @@ class Task:
 
     @classmethod
     def from_record(cls, record: TaskRecord) -> Task:
-        return cls(**{name: getattr(record, name) for name in _SNAPSHOT_FIELDS})
+        values = {name: getattr(record, name) for name in _SNAPSHOT_FIELDS}
+        values["status"] = str(values["status"])  # a plain string, however the row was made
+        return cls(**values)
 
     @property
     def is_finished(self) -> bool:
         """True once the status is final: ``success``, ``error`` or ``cancel``."""
         return self.status in FINISHED_STATUSES
+
+    def cancel(self, reason: str = "") -> Task | None:
+        """Cancel this task through the project's app (see ``QueueTasks.cancel``)."""
+        from . import app
+
+        return app.cancel(self.uuid, reason)
+
+    def refresh(self) -> Task | None:
+        """A fresh snapshot of this task (``None`` if the row is gone)."""
+        from . import app
+
+        return app.get(self.uuid)
 
     @property
     def duration(self) -> dt.timedelta | None:
@@ -239,7 +253,7 @@ class SyncTask(BaseTask["QueueTasks"]):
         spec = self.build_spec(
             args, kwargs, priority=priority, queue=queue, run_after=run_after, unique_key=unique_key
         )
-        return self.app.sync_add_spec(spec, timeout=timeout, sender=self)
+        return self.app.sync_add_spec(spec, timeout=timeout)
 
 
 class AsyncTask(BaseTask["AsyncQueueTasks"]):
@@ -258,7 +272,7 @@ class AsyncTask(BaseTask["AsyncQueueTasks"]):
         spec = self.build_spec(
             args, kwargs, priority=priority, queue=queue, run_after=run_after, unique_key=unique_key
         )
-        return await self.app.add_spec(spec, timeout=timeout, sender=self)
+        return await self.app.add_spec(spec, timeout=timeout)
 
 
 class TaskCls:
@@ -294,7 +308,7 @@ class TaskCls:
             run_after=run_after,
             unique_key=unique_key,
         )
-        return self.task.app.add_spec(spec, timeout=timeout, sender=self.task)
+        return self.task.app.add_spec(spec, timeout=timeout)
 
 
 @dataclass(frozen=True)

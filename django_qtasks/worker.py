@@ -3,6 +3,8 @@
 The main loop claims only as many tasks as there are free threads (no in-memory
 backlog), hands them to the threads, and waits for work through the Broker. Each
 thread keeps its own database connection for its life and closes it at the end.
+A :class:`~django_qtasks.heartbeat.Heartbeat` keeps the worker visibly alive and a
+:class:`~django_qtasks.timelimit.Timekeeper` enforces ``max_time`` on sync tasks.
 """
 
 from __future__ import annotations
@@ -18,19 +20,24 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, connections
-from django.utils.module_loading import import_string
 
 from . import signals
+from .context import TaskContext
 from .exceptions import TaskNotRegistered, describe_exception
 from .executor import BaseTaskExecutor
+from .heartbeat import Heartbeat, reset_connection
 from .models import TaskStatus
+from .settings import import_component
 from .task import Outcome, Task
+from .timelimit import Timekeeper
 
 if TYPE_CHECKING:
     from .queue_tasks import BaseQueueTasks
     from .task import BaseTask
 
 logger = logging.getLogger("django_qtasks.worker")
+
+MAX_DB_BACKOFF = 30.0
 
 
 def make_worker_id() -> str:
@@ -66,12 +73,10 @@ class BaseWorker(ABC):
         signals.component_stopped.send(sender=type(self), component=self, name=self.component_name)
 
     @abstractmethod
-    def run(self, stop: threading.Event) -> None:
-        """Claim and run tasks until ``stop`` is set (or, in burst mode, nothing is left)."""
-
-    @abstractmethod
-    def drain(self, grace: float) -> bool:
-        """Wait up to ``grace`` seconds for running tasks; True if all finished."""
+    def run(self, stop: threading.Event, force: threading.Event, grace: float) -> bool:
+        """Claim and run tasks until ``stop`` is set (in burst mode: until nothing is left),
+        then give running tasks ``grace`` seconds (cut short by ``force``) and hand back
+        what did not finish. True when every claimed task finished here."""
 
 
 class ThreadWorker(BaseWorker):
@@ -81,11 +86,15 @@ class ThreadWorker(BaseWorker):
         super().__init__(app, **kwargs)
         self._inbox: queue_lib.Queue[Task | None] = queue_lib.Queue()
         self._threads: list[threading.Thread] = []
-        self._in_flight = 0
+        self._running: dict[uuid_lib.UUID, TaskContext | None] = {}
         self._changed = threading.Condition()
         settings = app.settings
-        self.default_executor: BaseTaskExecutor = import_string(settings.executor)(settings)
+        self.default_executor: BaseTaskExecutor = import_component(
+            settings, "executor", BaseTaskExecutor
+        )(settings)
         self._executors: dict[type, BaseTaskExecutor] = {}
+        self.timekeeper = Timekeeper()
+        self.heartbeat: Heartbeat | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -95,6 +104,7 @@ class ThreadWorker(BaseWorker):
             )
             thread.start()
             self._threads.append(thread)
+        self.timekeeper.start()
         super().start()
 
     def stop(self) -> None:
@@ -103,60 +113,127 @@ class ThreadWorker(BaseWorker):
         for thread in self._threads:
             thread.join(timeout=0.5)
         self._threads = [t for t in self._threads if t.is_alive()]
+        self.timekeeper.stop()
         connections.close_all()
         super().stop()
 
+    @property
+    def in_flight(self) -> int:
+        with self._changed:
+            return len(self._running)
+
     # -- main loop -----------------------------------------------------------------------
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, force: threading.Event, grace: float) -> bool:
         broker = self.app.broker
+        self.heartbeat = Heartbeat(
+            broker=broker,
+            settings=self.app.settings,
+            worker_id=self.worker_id,
+            info={"queues": self.queues, "concurrency": self.concurrency},
+            running=lambda: self.in_flight,
+            on_cancel=self.request_cancel,
+        )
+        self.heartbeat.start()
+        try:
+            self._claim_loop(stop)
+            stop.set()
+            clean = self._drain(grace, force)
+        finally:
+            self._leave()
+        return clean
+
+    def _claim_loop(self, stop: threading.Event) -> None:
+        broker = self.app.broker
+        failures = 0
         while not stop.is_set():
             free = self._wait_for_free_slot(stop)
-            if free == 0:
+            if free == 0 or stop.is_set():
                 continue
             try:
                 claimed = broker.claim(self.worker_id, self.queues, free)
+                failures = 0
             except DatabaseError:
-                logger.exception("Claiming failed; retrying after %.1f s", self.poll_interval)
-                connections[self.app.settings.database].close()
-                stop.wait(self.poll_interval)
+                failures += 1
+                delay = min(MAX_DB_BACKOFF, self.poll_interval * 2**failures)
+                logger.warning(
+                    "Claiming failed (database error); retrying in %.1f s",
+                    delay,
+                    exc_info=True,
+                    extra={"action": "claim_failed"},
+                )
+                reset_connection(self.app.settings.database)
+                stop.wait(delay)
                 continue
             if claimed:
                 with self._changed:
-                    self._in_flight += len(claimed)
+                    for task in claimed:
+                        self._running[task.uuid] = None
                 for task in claimed:
                     self._inbox.put(task)
                 continue
             if self.burst:
-                if self._idle():
+                if not self.in_flight:
                     return
                 self._wait_for_change(stop)
                 continue
             broker.wait_for_work(self.poll_interval, stop)
 
-    def _idle(self) -> bool:
-        with self._changed:
-            return self._in_flight == 0
-
     def _wait_for_free_slot(self, stop: threading.Event) -> int:
         with self._changed:
-            while self._in_flight >= self.concurrency and not stop.is_set():
+            while len(self._running) >= self.concurrency and not stop.is_set():
                 self._changed.wait(0.5)
-            return max(0, self.concurrency - self._in_flight)
+            return max(0, self.concurrency - len(self._running))
 
     def _wait_for_change(self, stop: threading.Event) -> None:
         with self._changed:
-            if self._in_flight and not stop.is_set():
+            if self._running and not stop.is_set():
                 self._changed.wait(0.5)
 
-    def drain(self, grace: float) -> bool:
+    def _drain(self, grace: float, force: threading.Event) -> bool:
+        """Let running tasks finish, up to ``grace`` seconds or until ``force``."""
         deadline = time.monotonic() + grace
+        if self.in_flight:
+            logger.info(
+                "Stopping: waiting up to %g s for %d running task(s)", grace, self.in_flight
+            )
         with self._changed:
-            while self._in_flight:
+            while self._running and not force.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return False
-                self._changed.wait(min(remaining, 0.5))
-        return True
+                    break
+                self._changed.wait(min(remaining, 0.1))
+            return not self._running
+
+    def _leave(self) -> None:
+        """Stop the heartbeat, hand back unfinished tasks, and deregister."""
+        broker = self.app.broker
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        with self._changed:
+            unfinished = len(self._running)
+        try:
+            if unfinished:
+                rescued = broker.rescue(self.worker_id)
+                logger.warning(
+                    "Left %d unfinished task(s) for other workers",
+                    len(rescued),
+                    extra={"action": "handed_back"},
+                )
+            broker.forget_worker(self.worker_id)
+        except DatabaseError:
+            logger.warning(
+                "Could not deregister; the heartbeat will expire and others will rescue "
+                "this worker's tasks",
+                exc_info=True,
+            )
+
+    def request_cancel(self, uuids: set[uuid_lib.UUID]) -> None:
+        """Pass cancel requests to the running tasks they name."""
+        with self._changed:
+            contexts = [self._running.get(uuid) for uuid in uuids]
+        for ctx in contexts:
+            if ctx is not None and not ctx.is_cancelled:
+                ctx.request_cancel()
 
     # -- one thread ----------------------------------------------------------------------
     def _thread_main(self) -> None:
@@ -169,7 +246,7 @@ class ThreadWorker(BaseWorker):
                     self.process(task)
                 finally:
                     with self._changed:
-                        self._in_flight -= 1
+                        self._running.pop(task.uuid, None)
                         self._changed.notify_all()
         finally:
             connections.close_all()
@@ -188,10 +265,16 @@ class ThreadWorker(BaseWorker):
             )
             self._store(task, outcome)
             return
-        signals.task_started.send(sender=type(definition), task=task)
-        outcome = self._executor(definition).execute(definition, task)
-        self._store(task, outcome)
-        signals.task_finished.send(sender=type(definition), task=task, outcome=outcome)
+        ctx = TaskContext(definition, task, timekeeper=self.timekeeper)
+        with self._changed:
+            self._running[task.uuid] = ctx
+        if task.cancel_requested:
+            ctx.request_cancel()
+        signals.task_started.send(sender=type(self.app), task=task)
+        started = time.monotonic()
+        outcome = self._executor(definition).execute(definition, task, ctx)
+        self._store(task, outcome, duration=time.monotonic() - started)
+        signals.task_finished.send(sender=type(self.app), task=task, outcome=outcome)
 
     def _executor(self, definition: BaseTask[Any]) -> BaseTaskExecutor:
         cls = definition.options.executor
@@ -201,27 +284,52 @@ class ThreadWorker(BaseWorker):
             self._executors[cls] = cls(self.app.settings)
         return self._executors[cls]
 
-    def _store(self, task: Task, outcome: Outcome) -> None:
+    def _store(self, task: Task, outcome: Outcome, duration: float = 0.0) -> None:
+        """Store the outcome, riding out a dropped connection or a database restart.
+
+        ``finish`` only changes a row this worker still holds, so a retry after a lost
+        reply cannot overwrite anything. If the database stays away past the heartbeat
+        timeout, the task is rescued and runs again elsewhere (at-least-once).
+        """
         broker = self.app.broker
-        for attempt in (1, 2):
+        settings = self.app.settings
+        deadline = time.monotonic() + settings.heartbeat_timeout
+        delay = 0.05
+        while True:
             try:
                 broker.finish(task, outcome)
                 break
             except DatabaseError:
-                logger.exception(
-                    "Storing the outcome of task %s failed (try %d)", task.uuid, attempt
+                logger.warning(
+                    "Storing the outcome of task %s failed; retrying in %.2f s",
+                    task.uuid,
+                    delay,
+                    exc_info=True,
+                    extra={"action": "finish_failed", "task_uuid": str(task.uuid)},
                 )
-                connections[self.app.settings.database].close()
+                reset_connection(settings.database)
+                if time.monotonic() + delay > deadline:
+                    logger.error(
+                        "Giving up storing task %s; it will be rescued",
+                        task.uuid,
+                        extra={"action": "finish_abandoned", "task_uuid": str(task.uuid)},
+                    )
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
         logger.info(
-            "Task %s %s: %s",
+            "Task %s %s: %s in %.3f s",
             task.task_name,
             task.uuid,
             outcome.status,
+            duration,
             extra={
                 "action": "task_finished",
                 "task_uuid": str(task.uuid),
                 "task_name": task.task_name,
+                "queue": task.queue,
                 "status": outcome.status,
                 "attempt": task.attempt,
+                "duration": duration,
             },
         )

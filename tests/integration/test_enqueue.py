@@ -11,6 +11,7 @@ from django.utils import timezone
 from django_qtasks import app, async_app
 from django_qtasks.exceptions import InvalidTaskCall, WouldDeadlock
 from django_qtasks.models import TaskRecord
+from django_qtasks.queue_tasks import QueueTasks
 from django_qtasks.signals import task_enqueued
 from tests.testapp import tasks
 
@@ -128,8 +129,11 @@ def test_a_task_added_in_a_committed_block_exists():
 
 @pytest.mark.django_db(transaction=True)
 def test_waiting_inside_atomic_is_refused_before_anything_is_stored():
-    with pytest.raises(WouldDeadlock), transaction.atomic():
-        tasks.record.add_task("x", timeout=1)
+    with transaction.atomic():
+        with pytest.raises(WouldDeadlock):
+            tasks.record.add_task("x", timeout=1)
+        assert not TaskRecord.objects.exists()
+    assert not TaskRecord.objects.exists()
 
 
 def test_unique_key_returns_the_existing_waiting_task():
@@ -139,6 +143,13 @@ def test_unique_key_returns_the_existing_waiting_task():
     assert TaskRecord.objects.count() == 1
     other = tasks.record.add_task("c", unique_key="report:2")
     assert other.uuid != first.uuid
+
+
+def test_unique_keys_belong_to_one_task_name():
+    report = tasks.record.add_task("a", unique_key="daily")
+    other = tasks.add.add_task(1, 2, unique_key="daily")
+    assert other.uuid != report.uuid
+    assert other.task_name == "tests.testapp.tasks.add"
 
 
 def test_unique_key_is_free_again_once_the_task_finished():
@@ -158,7 +169,15 @@ def test_task_enqueued_signal_carries_the_snapshot():
         task = tasks.add.add_task(1, 1)
     finally:
         task_enqueued.disconnect(receiver)
-    assert seen == [(tasks.add, task)]
+    assert seen == [(QueueTasks, task)]
+    # A duplicate of a unique task is not a new task: no signal.
+    task_enqueued.connect(receiver)
+    try:
+        first = tasks.add.add_task(1, 2, unique_key="once")
+        tasks.add.add_task(1, 2, unique_key="once")
+    finally:
+        task_enqueued.disconnect(receiver)
+    assert seen[1:] == [(QueueTasks, first)]
 
 
 @pytest.mark.django_db(transaction=True)

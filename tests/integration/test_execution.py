@@ -179,8 +179,8 @@ def test_a_failing_after_middleware_turns_the_task_into_an_error(run_worker):
 
 
 class DoublingExecutor(TaskExecutor):
-    def call(self, definition, args, kwargs):
-        return 2 * super().call(definition, args, kwargs)
+    def call(self, definition, args, kwargs, ctx):
+        return 2 * super().call(definition, args, kwargs, ctx)
 
 
 def test_a_task_can_bring_its_own_executor(run_worker):
@@ -240,3 +240,26 @@ def test_result_timeout_raises_with_the_last_snapshot():
         SyncResult(task.uuid).result(timeout=0.05)
     assert isinstance(info.value, TimeoutError)
     assert info.value.task.uuid == task.uuid
+
+
+def test_an_async_tasks_own_timeout_error_is_its_own(run_worker):
+    task = tasks.async_own_timeout.add_task()
+    run_worker()
+    done = finished(task)
+    assert (done.status, done.attempt) == ("error", 3)
+    assert {e["type"] for e in done.errors} == {"builtins.TimeoutError"}
+    assert done.errors[0]["message"] == "upstream took too long"
+
+
+def test_a_non_json_result_is_not_retried(run_worker):
+    task = tasks.bad_result_with_retries.add_task("nj")
+    run_worker()
+    assert (finished(task).status, finished(task).attempt) == ("error", 1)
+    assert Execution.objects.filter(key="nj").count() == 1
+
+
+def test_async_tasks_report_progress(run_worker):
+    task = tasks.async_progress.add_task()
+    run_worker()
+    done = finished(task)
+    assert (done.status, done.progress) == ("success", {"done": 3, "total": 4, "message": "nearly"})

@@ -119,3 +119,51 @@ def wait_for_file(key: str, path: str, limit: float = 30) -> str:
 @app.task(name="tests.pid")
 def pid() -> int:
     return os.getpid()
+
+
+@app.task(name="tests.cooperative", echo=True)
+def cooperative(self: Any, key: str, steps: int = 3000) -> int:
+    """Long sync work that reports progress (a cancellation point) at every step."""
+    Execution.objects.create(key=key, started=time.time())
+    for step in range(steps):
+        self.ctx.set_progress(step, steps)
+        time.sleep(0.01)
+    return steps
+
+
+@app.task(name="tests.async_forever")
+async def async_forever(key: str) -> None:
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(Execution.objects.create)(key=key, started=time.time())
+    await asyncio.sleep(60)
+
+
+@app.task(name="tests.busy", max_time=0.3)
+def busy(seconds: float) -> int:
+    """Pure-Python work that never blocks in C: only a time limit can stop it early."""
+    deadline = time.monotonic() + seconds
+    spins = 0
+    while time.monotonic() < deadline:
+        spins += 1
+    return spins
+
+
+@app.task(name="tests.async_own_timeout", retry=2, retry_backoff=0, max_time=30)
+async def async_own_timeout() -> None:
+    """Raises a TimeoutError of its own (an HTTP client's, say): not our time limit."""
+    raise TimeoutError("upstream took too long")
+
+
+@app.task(name="tests.bad_result_with_retries", retry=3, retry_backoff=0)
+def bad_result_with_retries(key: str) -> Any:
+    Execution.objects.create(key=key)
+    return object()
+
+
+@app.task(name="tests.async_progress", echo=True)
+async def async_progress(self: Any) -> str:
+    await self.ctx.aset_progress(3, 4, "nearly")
+    return "ok"

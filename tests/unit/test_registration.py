@@ -40,6 +40,11 @@ def test_options_are_kept(local_app):
     assert options.max_time == 10
 
 
+def test_retry_on_exc_takes_a_single_class_too(local_app):
+    task = local_app.task(retry_on_exc=OSError)(lambda: None)
+    assert task.options.retry_on_exc == (OSError,)
+
+
 def test_calling_a_task_does_not_run_it(local_app):
     ran = []
 
@@ -91,6 +96,8 @@ def test_unknown_names_raise_task_not_registered(local_app):
         ({"retry_backoff": -1}, "retry_backoff must be a positive number"),
         ({"executor": int}, "executor must be a BaseTaskExecutor"),
         ({"name": ""}, "non-empty string"),
+        ({"tags": "mail"}, "tags must be a list of strings"),
+        ({"tags": ["mail", 1]}, "tags must be a list of strings"),
     ],
 )
 def test_bad_options_fail_at_registration(local_app, options, message):

@@ -55,6 +55,10 @@ class Command(BaseCommand):
         self._configure_logging(options["verbosity"])
         if options["concurrency"] is not None and options["concurrency"] < 1:
             raise CommandError("--concurrency must be at least 1.")
+        if options["poll_interval"] is not None and options["poll_interval"] <= 0:
+            raise CommandError("--poll-interval must be more than 0 seconds.")
+        if options["grace"] is not None and options["grace"] < 0:
+            raise CommandError("--grace must be 0 seconds or more.")
         try:
             starter = app.build_starter(
                 queues=options["queues"],

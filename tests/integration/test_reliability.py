@@ -1,0 +1,221 @@
+"""Heartbeats, rescue, cancellation, time limits and shutdown, with real threads and rows."""
+
+import datetime as dt
+import threading
+from pathlib import Path
+
+import pytest
+from django.db import connections
+from django.utils import timezone
+
+from django_qtasks import app
+from django_qtasks.models import ConfigEntry, TaskRecord
+from tests.helpers import wait_until
+from tests.testapp import tasks
+from tests.testapp.models import Execution
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def stale_running(worker_id: str, *, attempt: int = 1, max_retries: int = 2) -> TaskRecord:
+    """A row as a worker that died mid-task leaves it."""
+    now = timezone.now()
+    return TaskRecord.objects.create(
+        task_name="tests.record", args=["x"], status="process", worker_id=worker_id,
+        attempt=attempt, max_retries=max_retries, run_after=now, created_at=now,
+        updated_at=now, started_at=now,
+    )
+
+
+def beat(worker_id: str, seconds: float) -> None:
+    ConfigEntry.objects.update_or_create(
+        name="workers", key=worker_id,
+        defaults={"value": {}, "expires_at": timezone.now() + dt.timedelta(seconds=seconds)},
+    )
+
+
+# -- rescue ------------------------------------------------------------------------------
+def test_tasks_of_a_dead_worker_go_back_to_retry_with_the_reason():
+    lost = stale_running("dead-worker", attempt=1, max_retries=2)
+    rescued = app.broker.rescue()
+    assert rescued == [(lost.uuid, "retry")]
+    lost.refresh_from_db()
+    assert (lost.status, lost.attempt, lost.finished_at) == ("retry", 1, None)
+    assert lost.worker_id == "dead-worker"
+    assert lost.errors == [{
+        "attempt": 1, "at": lost.errors[0]["at"], "type": "django_qtasks.WorkerLost",
+        "message": "Task lost: its worker stopped sending heartbeats.", "traceback": "",
+    }]
+    assert lost.run_after <= timezone.now()
+
+
+def test_a_lost_task_without_attempts_left_ends_error():
+    lost = stale_running("dead-worker", attempt=3, max_retries=2)
+    assert app.broker.rescue() == [(lost.uuid, "error")]
+    lost.refresh_from_db()
+    assert lost.status == "error"
+    assert lost.finished_at is not None
+
+
+def test_live_workers_keep_their_tasks_and_expired_ones_lose_them():
+    beat("alive", 60)
+    beat("expired", -1)
+    mine = stale_running("alive")
+    theirs = stale_running("expired")
+    assert app.broker.rescue() == [(theirs.uuid, "retry")]
+    mine.refresh_from_db()
+    assert mine.status == "process"
+
+
+def test_a_rescued_task_runs_again_and_the_old_worker_cannot_overwrite_it(run_worker):
+    lost = stale_running("dead-worker")
+    snapshot = app.get(lost.uuid)
+    app.broker.rescue()
+    run_worker()
+    done = app.get(lost.uuid)
+    assert (done.status, done.attempt) == ("success", 2)
+    # The dead worker comes back to life and reports: nothing changes.
+    from django_qtasks.task import Outcome
+
+    assert app.broker.finish(snapshot, Outcome(status="error")) is False
+    assert app.get(lost.uuid).status == "success"
+
+
+@pytest.mark.postgres
+def test_two_rescuers_racing_rescue_each_task_once():
+    lost = {stale_running(f"dead-{i % 5}").uuid for i in range(200)}
+    results: list[list] = [[], []]
+    barrier = threading.Barrier(2)
+
+    def rescuer(slot: int) -> None:
+        try:
+            barrier.wait()
+            results[slot] = app.broker.rescue()
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=rescuer, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    first, second = ({u for u, _ in r} for r in results)
+    assert not first & second
+    assert first | second == lost
+    assert all(len(r.errors) == 1 for r in TaskRecord.objects.all())
+
+
+# -- a worker in a thread ----------------------------------------------------------------
+@pytest.fixture
+def worker_thread():
+    """Start a worker in a thread; the test stops it (or it is stopped at the end)."""
+    started: list = []
+
+    def start(**options):
+        options.setdefault("concurrency", 2)
+        options.setdefault("poll_interval", 0.02)
+        starter = app.build_starter(**options)
+        result: dict = {}
+        thread = threading.Thread(
+            target=lambda: result.update(code=starter.run(install_signals=False))
+        )
+        thread.start()
+        started.append((starter, thread))
+        return starter, thread, result
+
+    yield start
+    for starter, thread in started:
+        starter.request_stop(force=True)
+        thread.join(timeout=30)
+
+
+def test_a_running_worker_is_registered_with_its_details(worker_thread):
+    starter, thread, result = worker_thread(queues=["default"], concurrency=3)
+    wid = starter.worker.worker_id
+    info = wait_until(lambda: app.broker.live_workers().get(wid), message="registration")
+    assert info["queues"] == ["default"]
+    assert info["concurrency"] == 3
+    assert {"host", "pid", "started_at", "last_beat", "running"} <= set(info)
+    starter.request_stop()
+    thread.join(timeout=30)
+    assert result["code"] == 0
+    assert wid not in app.broker.live_workers()
+
+
+def test_cancelling_a_waiting_task_means_it_never_runs(run_worker):
+    task = tasks.record.add_task("never")
+    cancelled = app.cancel(task.uuid, "not needed")
+    assert cancelled.status == "cancel"
+    assert cancelled.errors[0]["message"] == "not needed"
+    run_worker()
+    assert not Execution.objects.filter(key="never").exists()
+    assert app.get(task.uuid).status == "cancel"
+
+
+def test_cancelling_a_finished_task_changes_nothing(run_worker):
+    task = tasks.add.add_task(1, 1)
+    run_worker()
+    assert task.cancel().status == "success"
+
+
+def test_a_running_sync_task_stops_at_its_next_cancellation_point(worker_thread):
+    with_fast_beat = {"HEARTBEAT_INTERVAL": 0.05, "HEARTBEAT_TIMEOUT": 5}
+    from django.test import override_settings
+
+    with override_settings(QTASKS={"POLL_INTERVAL": 0.02, **with_fast_beat}):
+        task = tasks.cooperative.add_task("coop")
+        worker_thread()
+        wait_until(lambda: Execution.objects.filter(key="coop").exists(), message="start")
+        app.cancel(task.uuid)
+        done = wait_until(lambda: (t := app.get(task.uuid)).is_finished and t, timeout=20)
+    assert done.status == "cancel"
+    assert done.progress["done"] < 3000
+
+
+def test_a_running_async_task_is_cancelled_at_once(worker_thread):
+    from django.test import override_settings
+
+    with override_settings(QTASKS={"HEARTBEAT_INTERVAL": 0.05, "HEARTBEAT_TIMEOUT": 5}):
+        task = tasks.async_forever.add_task("af")
+        worker_thread()
+        wait_until(lambda: Execution.objects.filter(key="af").exists(), message="start")
+        app.cancel(task.uuid, "stop it")
+        done = wait_until(lambda: (t := app.get(task.uuid)).is_finished and t, timeout=20)
+    assert done.status == "cancel"
+    assert done.errors[-1]["message"] == "stop it"
+
+
+def test_a_sync_task_over_max_time_is_interrupted_and_its_thread_reused(run_worker):
+    slow = tasks.busy.add_task(30)
+    after = tasks.add.add_task(2, 2)
+    assert run_worker(concurrency=1) == 0
+    done = app.get(slow.uuid)
+    assert done.status == "error"
+    assert "max_time of 0.3 s" in done.errors[0]["message"]
+    assert done.errors[0]["type"] == "django_qtasks.timelimit.TaskTimeLimitExceeded"
+    assert (done.finished_at - done.started_at).total_seconds() < 10
+    assert app.get(after.uuid).returning == 4
+
+
+def test_a_quick_sync_task_is_not_touched_by_its_time_limit(run_worker):
+    task = tasks.busy.add_task(0.01)
+    run_worker()
+    assert app.get(task.uuid).status == "success"
+
+
+def test_when_the_grace_runs_out_unfinished_tasks_are_handed_back(worker_thread, tmp_path: Path):
+    release = tmp_path / "release"
+    task = tasks.wait_for_file.add_task("grace", str(release), 20)
+    starter, thread, result = worker_thread(grace=0.2)
+    wait_until(lambda: Execution.objects.filter(key="grace").exists(), message="start")
+    starter.request_stop()
+    thread.join(timeout=30)
+    assert result["code"] == 1
+    handed_back = app.get(task.uuid)
+    # Handed back without spending the attempt (the task has no retries at all).
+    assert (handed_back.status, handed_back.attempt, handed_back.max_retries) == ("retry", 0, 0)
+    assert handed_back.errors[-1]["attempt"] == 1
+    assert handed_back.errors[-1]["message"] == "Task lost: its worker left before it finished."
+    # Let the abandoned thread end, so that it lets go of the test database.
+    release.touch()
+    wait_until(lambda: not any(t.is_alive() for t in starter.worker._threads), message="thread")
