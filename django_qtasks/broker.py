@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import uuid as uuid_lib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from .settings import QTasksSettings
@@ -62,8 +62,14 @@ class BaseBroker(ABC):
     def cancel_requests(self, worker_id: str) -> set[uuid_lib.UUID]:
         return self.storage.cancel_requests(worker_id)
 
-    def rescue(self, worker_id: str | None = None) -> list[tuple[uuid_lib.UUID, str]]:
-        return self.storage.rescue(worker_id)
+    def rescue(
+        self,
+        worker_id: str | None = None,
+        *,
+        crashed: bool = True,
+        keep: Collection[uuid_lib.UUID] = (),
+    ) -> list[tuple[uuid_lib.UUID, str]]:
+        return self.storage.rescue(worker_id, crashed=crashed, keep=keep)
 
     def heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
         """Say this worker is alive for ``ttl`` more seconds."""

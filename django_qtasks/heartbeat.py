@@ -19,17 +19,10 @@ from django.db import DatabaseError, connections
 from django.utils import timezone
 
 from .broker import BaseBroker
+from .db import reset_connection
 from .settings import QTasksSettings
 
 logger = logging.getLogger("django_qtasks.heartbeat")
-
-
-def reset_connection(alias: str) -> None:
-    """Drop this thread's connection after a database error; the next query reconnects."""
-    try:
-        connections[alias].close()
-    except DatabaseError:
-        logger.debug("Closing a broken connection failed", exc_info=True)
 
 
 class Heartbeat:

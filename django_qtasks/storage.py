@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import uuid as uuid_lib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from django.db import IntegrityError, connections, transaction
@@ -74,13 +74,21 @@ class BaseStorage(ABC):
     def set_progress(self, uuid: uuid_lib.UUID, progress: dict[str, Any]) -> None: ...
 
     @abstractmethod
-    def rescue(self, worker_id: str | None = None) -> list[tuple[uuid_lib.UUID, str]]:
-        """Put running tasks whose worker is gone back to ``retry`` (``error`` when their
-        attempts are used up), recording why; returns ``(uuid, new status)`` pairs.
+    def rescue(
+        self,
+        worker_id: str | None = None,
+        *,
+        crashed: bool = True,
+        keep: Collection[uuid_lib.UUID] = (),
+    ) -> list[tuple[uuid_lib.UUID, str]]:
+        """Put running tasks whose worker is gone back to ``retry``, recording why;
+        returns ``(uuid, new status)`` pairs. Safe to run from many processes at once.
 
         Without ``worker_id``: every task whose worker has no live heartbeat. With it:
-        that worker's tasks, whatever its heartbeat (it is leaving and says so).
-        Safe to run from many processes at once: each task is rescued once.
+        that worker's tasks (but those in ``keep``), whatever its heartbeat.
+        ``crashed`` tasks spend their attempt and end ``error`` when none is left, so a
+        task that keeps killing its worker stops; tasks handed back (``crashed=False``)
+        keep their attempt.
         """
 
     @abstractmethod
@@ -259,21 +267,36 @@ class DjangoStorage(BaseStorage):
             cursor.execute(statement, params)
             return [(_as_uuid(uuid), status) for uuid, status in cursor.fetchall()]
 
-    def rescue(self, worker_id: str | None = None) -> list[tuple[uuid_lib.UUID, str]]:
+    def rescue(
+        self,
+        worker_id: str | None = None,
+        *,
+        crashed: bool = True,
+        keep: Collection[uuid_lib.UUID] = (),
+    ) -> list[tuple[uuid_lib.UUID, str]]:
         connection = connections[self.alias]
         ops = connection.ops
-        running: list[Any] = [TaskStatus.PROCESS.value]
+        where = "status = %s"
+        where_params: list[Any] = [TaskStatus.PROCESS.value]
         if worker_id is None:
-            # A crash counts as an attempt: a task that keeps killing workers ends `error`.
             table = ops.quote_name(TaskRecord._meta.db_table)
             config = ops.quote_name(ConfigEntry._meta.db_table)
-            where = (
-                f"status = %s AND NOT EXISTS (SELECT 1 FROM {config} c WHERE c.name = %s "
+            where += (
+                f" AND NOT EXISTS (SELECT 1 FROM {config} c WHERE c.name = %s "
                 f"AND c.{ops.quote_name('key')} = {table}.worker_id "
                 "AND (c.expires_at IS NULL OR c.expires_at > %s))"
             )
-            where_params = [*running, WORKERS, ops.adapt_datetimefield_value(timezone.now())]
+            where_params += [WORKERS, ops.adapt_datetimefield_value(timezone.now())]
             why = "its worker stopped sending heartbeats"
+        else:
+            where += " AND worker_id = %s"
+            where_params.append(worker_id)
+            why = "its worker process died" if crashed else "its worker left before it finished"
+        if keep:
+            pk = TaskRecord._meta.pk
+            where += f" AND uuid NOT IN ({', '.join(['%s'] * len(keep))})"
+            where_params += [pk.get_db_prep_value(u, connection) for u in keep]
+        if crashed:
             left = "attempt <= max_retries"
             assignments: list[tuple[str, Any]] = [
                 (
@@ -283,9 +306,6 @@ class DjangoStorage(BaseStorage):
                 (f"finished_at = CASE WHEN {left} THEN NULL ELSE %s END", [_NOW]),
             ]
         else:
-            # A worker that leaves hands its tasks back without spending their attempt.
-            where, where_params = "status = %s AND worker_id = %s", [*running, worker_id]
-            why = "its worker left before it finished"
             assignments = [("status = %s", [TaskStatus.RETRY]), ("attempt = attempt - 1", [])]
         message = f"Task lost: {why}."
         assignments += [("run_after = %s", [_NOW]), ("traceback = %s", [message])]

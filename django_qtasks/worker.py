@@ -23,9 +23,10 @@ from django.db import DatabaseError, connections
 
 from . import signals
 from .context import TaskContext
+from .db import close_if_broken, ensure_usable, reset_connection
 from .exceptions import TaskNotRegistered, describe_exception
 from .executor import BaseTaskExecutor
-from .heartbeat import Heartbeat, reset_connection
+from .heartbeat import Heartbeat
 from .models import TaskStatus
 from .settings import import_component
 from .task import Outcome, Task
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("django_qtasks.worker")
 
 MAX_DB_BACKOFF = 30.0
+IDLE_PING_AFTER = 1.0  # seconds a thread's connection may idle before a task pings it
 
 
 def make_worker_id() -> str:
@@ -150,6 +152,8 @@ class ThreadWorker(BaseWorker):
             if free == 0 or stop.is_set():
                 continue
             try:
+                if failures:
+                    self._reclaim_orphans()
                 claimed = broker.claim(self.worker_id, self.queues, free)
                 failures = 0
             except DatabaseError:
@@ -177,6 +181,13 @@ class ThreadWorker(BaseWorker):
                 self._wait_for_change(stop)
                 continue
             broker.wait_for_work(self.poll_interval, stop)
+
+    def _reclaim_orphans(self) -> None:
+        """After a failed claim, hand back rows the claim may have marked ours anyway
+        (it committed, but the reply was lost), so they do not sit in ``process``."""
+        with self._changed:
+            known = set(self._running)
+        self.app.broker.rescue(self.worker_id, crashed=False, keep=known)
 
     def _wait_for_free_slot(self, stop: threading.Event) -> int:
         with self._changed:
@@ -213,7 +224,7 @@ class ThreadWorker(BaseWorker):
             unfinished = len(self._running)
         try:
             if unfinished:
-                rescued = broker.rescue(self.worker_id)
+                rescued = broker.rescue(self.worker_id, crashed=False)
                 logger.warning(
                     "Left %d unfinished task(s) for other workers",
                     len(rescued),
@@ -237,14 +248,20 @@ class ThreadWorker(BaseWorker):
 
     # -- one thread ----------------------------------------------------------------------
     def _thread_main(self) -> None:
+        alias = self.app.settings.database
+        last_used = time.monotonic()
         try:
             while True:
                 task = self._inbox.get()
                 if task is None:
                     return
                 try:
+                    if time.monotonic() - last_used > IDLE_PING_AFTER:
+                        ensure_usable(alias)
                     self.process(task)
                 finally:
+                    close_if_broken(alias)
+                    last_used = time.monotonic()
                     with self._changed:
                         self._running.pop(task.uuid, None)
                         self._changed.notify_all()

@@ -53,13 +53,17 @@ class WorkerProcesses:
             "DJANGO_SETTINGS_MODULE": "tests.settings",
         }
         out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "django", "qtasks_worker", *args],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "django", "qtasks_worker", *args],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        finally:
+            if log:
+                out.close()  # the child has its own copy
         self.procs.append(proc)
         return proc
 

@@ -167,3 +167,11 @@ def bad_result_with_retries(key: str) -> Any:
 async def async_progress(self: Any) -> str:
     await self.ctx.aset_progress(3, 4, "nearly")
     return "ok"
+
+
+@app.task(name="tests.record_sturdy", retry=5, retry_backoff=0.05)
+def record_sturdy(key: str) -> str:
+    """``record`` for fault tests: a query that meets a killed connection is retried."""
+    time.sleep(0.005)  # a little work, so that connections die mid-run
+    Execution.objects.create(key=key, started=time.time(), finished=time.time())
+    return key
