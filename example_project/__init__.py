@@ -1,0 +1,1 @@
+"""A small Django site that uses django-qtasks from its views, as a project would."""
