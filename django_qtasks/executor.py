@@ -65,6 +65,32 @@ class BaseTaskExecutor(ABC):
     def __init__(self, settings: QTasksSettings) -> None:
         self.settings = settings
 
+    def max_time(self, definition: BaseTask[Any]) -> float | None:
+        return definition.options.max_time or self.settings.default_max_time
+
+    def failure(self, definition: BaseTask[Any], task: Task, exc: BaseException) -> Outcome:
+        """``retry`` if another attempt is allowed and the error matches, else ``error``."""
+        options = definition.options
+        error = describe_exception(exc)
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        retryable = not isinstance(exc, NotJSONResult) and (
+            not options.retry_on_exc or isinstance(exc, options.retry_on_exc)
+        )
+        if retryable and isinstance(exc, Exception) and task.attempt <= task.max_retries:
+            backoff = (
+                options.retry_backoff
+                if options.retry_backoff is not None
+                else self.settings.default_retry_backoff
+            )
+            delay = retry_delay(backoff, task.attempt, self.settings.retry_backoff_max)
+            return Outcome(
+                status=TaskStatus.RETRY,
+                error=error,
+                traceback=text,
+                run_after=timezone.now() + dt.timedelta(seconds=delay),
+            )
+        return Outcome(status=TaskStatus.ERROR, error=error, traceback=text)
+
     @abstractmethod
     def execute(
         self, definition: BaseTask[Any], task: Task, ctx: TaskContext | None = None
@@ -114,9 +140,6 @@ class TaskExecutor(BaseTaskExecutor):
                     traceback=traceback.format_exc(),
                 )
         return outcome
-
-    def max_time(self, definition: BaseTask[Any]) -> float | None:
-        return definition.options.max_time or self.settings.default_max_time
 
     def call(
         self,
@@ -177,26 +200,3 @@ class TaskExecutor(BaseTaskExecutor):
                 f"The task returned a {type(value).__name__}, which cannot be stored as JSON: "
                 f"{exc}."
             ) from None
-
-    def failure(self, definition: BaseTask[Any], task: Task, exc: BaseException) -> Outcome:
-        """``retry`` if another attempt is allowed and the error matches, else ``error``."""
-        options = definition.options
-        error = describe_exception(exc)
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        retryable = not isinstance(exc, NotJSONResult) and (
-            not options.retry_on_exc or isinstance(exc, options.retry_on_exc)
-        )
-        if retryable and isinstance(exc, Exception) and task.attempt <= task.max_retries:
-            backoff = (
-                options.retry_backoff
-                if options.retry_backoff is not None
-                else self.settings.default_retry_backoff
-            )
-            delay = retry_delay(backoff, task.attempt, self.settings.retry_backoff_max)
-            return Outcome(
-                status=TaskStatus.RETRY,
-                error=error,
-                traceback=text,
-                run_after=timezone.now() + dt.timedelta(seconds=delay),
-            )
-        return Outcome(status=TaskStatus.ERROR, error=error, traceback=text)

@@ -48,6 +48,7 @@ from .task import (
 
 if TYPE_CHECKING:
     from .starter import Starter
+    from .worker import BaseWorker
 
 
 def build_broker(settings: QTasksSettings) -> BaseBroker:
@@ -266,27 +267,45 @@ class BaseQueueTasks:
         burst: bool = False,
         poll_interval: float | None = None,
         grace: float | None = None,
+        processes: int | None = None,
+        max_tasks_per_child: int | None = None,
+        verbosity: int = 1,
+        worker_class: type[BaseWorker] | None = None,
+        worker_options: dict[str, Any] | None = None,
     ) -> Starter:
-        """The Starter for one worker process: the Worker and this app's Broker."""
+        """The Starter for one worker process: the Worker and this app's Broker.
+
+        With ``processes``, the Worker is a :class:`~django_qtasks.pool.ProcessPoolWorker`
+        supervising that many children; otherwise the ``QTASKS['WORKER']`` class.
+        """
+        from .pool import ProcessPoolWorker
         from .starter import Starter
         from .worker import BaseWorker
 
         settings = self.settings
         for queue in queues or ():
             validate_queue(queue, settings.queues)
-        worker: BaseWorker = import_component(settings, "worker", BaseWorker)(
-            self,
-            queues=list(queues) if queues else None,
-            concurrency=concurrency or settings.concurrency,
-            burst=burst,
-            poll_interval=settings.poll_interval if poll_interval is None else poll_interval,
-        )
+        grace = settings.grace if grace is None else grace
+        options: dict[str, Any] = {
+            "queues": list(queues) if queues else None,
+            "concurrency": concurrency or settings.concurrency,
+            "burst": burst,
+            "poll_interval": settings.poll_interval if poll_interval is None else poll_interval,
+            **(worker_options or {}),
+        }
+        if processes:
+            worker_class = ProcessPoolWorker
+            options.update(
+                processes=processes,
+                max_tasks_per_child=max_tasks_per_child,
+                grace=grace,
+                verbosity=verbosity,
+            )
+        elif worker_class is None:
+            worker_class = import_component(settings, "worker", BaseWorker)
+        worker = worker_class(self, **options)
         starter_cls = import_component(settings, "starter", Starter)
-        starter: Starter = starter_cls(
-            worker=worker,
-            broker=self.broker,
-            grace=settings.grace if grace is None else grace,
-        )
+        starter: Starter = starter_cls(worker=worker, broker=self.broker, grace=grace)
         return starter
 
 

@@ -48,11 +48,18 @@ class Starter:
         if force:
             self.force_event.set()
 
-    def run(self, *, install_signals: bool = True) -> int:
+    def run(
+        self,
+        *,
+        install_signals: bool = True,
+        signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
+    ) -> int:
         """Run until stopped; 0 when every claimed task finished, 1 otherwise."""
         if install_signals and threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, self._on_signal)
+            for signum in signals:
+                # A signal ignored by whoever started us (nohup, `cmd &`) stays ignored.
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    signal.signal(signum, self._on_signal)
         self.start()
         clean = False
         try:

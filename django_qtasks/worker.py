@@ -112,8 +112,9 @@ class ThreadWorker(BaseWorker):
     def stop(self) -> None:
         for _ in self._threads:
             self._inbox.put(None)
+        deadline = time.monotonic() + 0.5  # threads still busy after a forced stop stay behind
         for thread in self._threads:
-            thread.join(timeout=0.5)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._threads = [t for t in self._threads if t.is_alive()]
         self.timekeeper.stop()
         connections.close_all()
@@ -151,6 +152,9 @@ class ThreadWorker(BaseWorker):
             free = self._wait_for_free_slot(stop)
             if free == 0 or stop.is_set():
                 continue
+            free = self.claim_limit(free, stop)
+            if free == 0:
+                continue
             try:
                 if failures:
                     self._reclaim_orphans()
@@ -181,6 +185,16 @@ class ThreadWorker(BaseWorker):
                 self._wait_for_change(stop)
                 continue
             broker.wait_for_work(self.poll_interval, stop)
+
+    def claim_limit(self, free: int, stop: threading.Event) -> int:
+        """How many tasks to claim now, given ``free`` threads (a hook for subclasses)."""
+        return free
+
+    def on_task_start(self, task: Task, max_time: float | None) -> None:
+        """Called on the task's thread just before it runs (a hook for subclasses)."""
+
+    def on_task_end(self, task: Task) -> None:
+        """Called on the task's thread once its outcome is stored (a hook for subclasses)."""
 
     def _reclaim_orphans(self) -> None:
         """After a failed claim, hand back rows the claim may have marked ours anyway
@@ -287,10 +301,15 @@ class ThreadWorker(BaseWorker):
             self._running[task.uuid] = ctx
         if task.cancel_requested:
             ctx.request_cancel()
+        executor = self._executor(definition)
+        self.on_task_start(task, executor.max_time(definition))
         signals.task_started.send(sender=type(self.app), task=task)
         started = time.monotonic()
-        outcome = self._executor(definition).execute(definition, task, ctx)
-        self._store(task, outcome, duration=time.monotonic() - started)
+        try:
+            outcome = executor.execute(definition, task, ctx)
+            self._store(task, outcome, duration=time.monotonic() - started)
+        finally:
+            self.on_task_end(task)
         signals.task_finished.send(sender=type(self.app), task=task, outcome=outcome)
 
     def _executor(self, definition: BaseTask[Any]) -> BaseTaskExecutor:

@@ -175,3 +175,25 @@ def record_sturdy(key: str) -> str:
     time.sleep(0.005)  # a little work, so that connections die mid-run
     Execution.objects.create(key=key, started=time.time(), finished=time.time())
     return key
+
+
+@app.task(name="tests.sleepy", max_time=0.5)
+def sleepy(key: str, seconds: float) -> str:
+    """Blocks in C (time.sleep): a thread cannot be interrupted there, a process can."""
+    Execution.objects.create(key=key, started=time.time())
+    time.sleep(seconds)
+    return key
+
+
+@app.task(name="tests.hard_exit")
+def hard_exit(key: str) -> None:
+    Execution.objects.create(key=key, started=time.time())
+    os._exit(7)
+
+
+@app.task(name="tests.stubborn")
+def stubborn(key: str, seconds: float = 60) -> str:
+    """Ignores cancellation: only ending its process stops it."""
+    Execution.objects.create(key=key, started=time.time())
+    time.sleep(seconds)
+    return key

@@ -43,6 +43,19 @@ class Command(BaseCommand):
             help="Seconds between polls when idle (default: QTASKS['POLL_INTERVAL']).",
         )
         parser.add_argument(
+            "--processes",
+            type=int,
+            default=None,
+            help="Run tasks in this many child processes (each with --concurrency threads) "
+            "under a supervising parent: hard time limits, forced cancel, crash isolation.",
+        )
+        parser.add_argument(
+            "--max-tasks-per-child",
+            type=int,
+            default=None,
+            help="With --processes: replace a child after it has taken this many tasks.",
+        )
+        parser.add_argument(
             "--grace",
             type=float,
             default=None,
@@ -52,13 +65,20 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         from django_qtasks import app
 
-        self._configure_logging(options["verbosity"])
-        if options["concurrency"] is not None and options["concurrency"] < 1:
-            raise CommandError("--concurrency must be at least 1.")
+        configure_logging(options["verbosity"])
+        checks = [
+            ("concurrency", 1, "--concurrency must be at least 1."),
+            ("processes", 1, "--processes must be at least 1."),
+            ("max_tasks_per_child", 1, "--max-tasks-per-child must be at least 1."),
+            ("grace", 0, "--grace must be 0 seconds or more."),
+        ]
+        for key, low, message in checks:
+            if options[key] is not None and options[key] < low:
+                raise CommandError(message)
         if options["poll_interval"] is not None and options["poll_interval"] <= 0:
             raise CommandError("--poll-interval must be more than 0 seconds.")
-        if options["grace"] is not None and options["grace"] < 0:
-            raise CommandError("--grace must be 0 seconds or more.")
+        if options["max_tasks_per_child"] and not options["processes"]:
+            raise CommandError("--max-tasks-per-child needs --processes.")
         try:
             starter = app.build_starter(
                 queues=options["queues"],
@@ -66,28 +86,32 @@ class Command(BaseCommand):
                 burst=options["burst"],
                 poll_interval=options["poll_interval"],
                 grace=options["grace"],
+                processes=options["processes"],
+                max_tasks_per_child=options["max_tasks_per_child"],
+                verbosity=options["verbosity"],
             )
         except InvalidTaskCall as exc:
             raise CommandError(str(exc)) from exc
         worker = starter.worker
         logging.getLogger("django_qtasks.worker").info(
-            "Worker %s: queues=%s concurrency=%d tasks=%s",
+            "Worker %s: queues=%s concurrency=%d processes=%s tasks=%s",
             worker.worker_id,
             ",".join(worker.queues) if worker.queues else "*",
             worker.concurrency,
+            options["processes"] or "-",
             ", ".join(app.registry.names()) or "(none)",
         )
         code = starter.run()
         if code:
             sys.exit(code)
 
-    @staticmethod
-    def _configure_logging(verbosity: int) -> None:
-        logger = logging.getLogger("django_qtasks")
-        logger.setLevel(LEVELS.get(verbosity, logging.DEBUG))
-        if not logger.handlers and not logging.getLogger().handlers:
-            handler = logging.StreamHandler()
-            handler.setFormatter(
-                logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-            )
-            logger.addHandler(handler)
+
+def configure_logging(verbosity: int) -> None:
+    """``-v`` sets the level of the ``django_qtasks`` loggers; a handler is added only
+    when the project's LOGGING set none, so Django's own configuration wins."""
+    logger = logging.getLogger("django_qtasks")
+    logger.setLevel(LEVELS.get(verbosity, logging.DEBUG))
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
