@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DOCS_SITE := $(or $(TMPDIR),/tmp)/qtasks-docs-site
 
-.PHONY: run test check test-sqlite test-postgres test-lts docs bench venv clean
+.PHONY: run test check test-sqlite test-postgres test-lts docs chaos venv clean
 
 venv:
 	@scripts/venv.sh $(VENV)
@@ -39,8 +39,9 @@ test-lts:
 docs: venv
 	$(VENV)/bin/mkdocs serve
 
-bench: venv
-	$(PY) bench/run.py
+## make chaos: kill workers at random under load and count lost and repeated tasks.
+chaos: venv
+	$(PY) bench/chaos.py
 
 clean:
 	rm -rf $(VENV) .venv-lts $(DOCS_SITE) .mypy_cache .pytest_cache .ruff_cache

@@ -30,6 +30,7 @@ _LAZY = {
     "AsyncResult": "results",
     "TaskStatus": "models",
     "TaskContext": "context",
+    "TaskSelf": "context",
 }
 _project_apps: dict[str, Any] = {}
 
@@ -61,6 +62,7 @@ __all__ = [
     "Task",
     "TaskCls",
     "TaskContext",
+    "TaskSelf",
     "TaskStatus",
     "app",
     "async_app",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from django.core.checks import CheckMessage, Error, register
+from django.core.checks import CheckMessage, Error, Warning, register
 from django.db import connections
 
 from .exceptions import ConfigurationError
@@ -45,4 +45,17 @@ def check_qtasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                 id="django_qtasks.E004",
             )
         ]
+    if vendor == "sqlite":
+        options = connections.settings[settings.database].get("OPTIONS", {})
+        if str(options.get("transaction_mode", "")).upper() != "IMMEDIATE":
+            return [
+                Warning(
+                    "SQLite is not set to start transactions IMMEDIATE: your own "
+                    "transaction.atomic() blocks that read and then write can fail at once "
+                    "with 'database is locked' while a worker writes.",
+                    hint=f"Set DATABASES[{settings.database!r}]['OPTIONS']"
+                    "['transaction_mode'] = 'IMMEDIATE'.",
+                    id="django_qtasks.W001",
+                )
+            ]
     return []

@@ -287,7 +287,9 @@ class ThreadWorker(BaseWorker):
         try:
             definition = self.app.registry.get(task.task_name)
         except TaskNotRegistered as exc:
-            outcome = Outcome(status=TaskStatus.ERROR, error=describe_exception(exc))
+            outcome = Outcome(
+                status=TaskStatus.ERROR, error=describe_exception(exc), traceback=str(exc)
+            )
             logger.error(
                 "Task %s names %r, which is not registered on this worker",
                 task.uuid,

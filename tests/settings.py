@@ -25,7 +25,7 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": str(BASE_DIR / "qtasks-tests.sqlite3"),
-            "OPTIONS": {"timeout": 30},
+            "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
             # A file, not :memory:, so that real worker processes share it.
             "TEST": {"NAME": str(BASE_DIR / f"qtasks-test-{os.getpid()}.sqlite3")},
         }

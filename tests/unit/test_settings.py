@@ -79,3 +79,15 @@ def test_system_checks_report_bad_setups(qtasks, error_id, text):
 
 def test_system_checks_pass_on_this_setup():
     assert check_qtasks() == []
+
+
+def test_sqlite_without_immediate_transactions_gets_a_warning(monkeypatch):
+    from django.db import connections
+
+    if connections["default"].vendor != "sqlite":
+        pytest.skip("an SQLite check")
+    options = connections.settings["default"].setdefault("OPTIONS", {})
+    monkeypatch.delitem(options, "transaction_mode", raising=False)
+    warnings = check_qtasks()
+    assert [w.id for w in warnings] == ["django_qtasks.W001"]
+    assert "transaction_mode" in warnings[0].hint

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+import os
+import time
+
+from django_qtasks import app
+
+from .models import SideEffect
+
+
+@app.task(name="bench.chaos", retry=20, retry_backoff=0.05)
+def chaos(key: int, work: float) -> int:
+    """A little work, then a side effect; a worker may be killed at any point of it."""
+    time.sleep(work)
+    SideEffect.objects.create(key=key, pid=os.getpid())
+    return key
+
+
+@app.task(name="bench.noop")
+def noop() -> None:
+    return None
