@@ -179,7 +179,7 @@ class BaseQueueTasks:
         if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
             raise InvalidTaskCall(f"unique_key must be a non-empty string, got {unique_key!r}.")
         args = list(args)
-        check_json(args, kwargs)
+        check_json(args, kwargs, settings.max_args_size)
         return TaskSpec(
             task_name=task_name,
             args=args,

@@ -39,6 +39,7 @@ class QTasksSettings:
     poll_interval: float = 1.0
     grace: float = 30.0
     result_poll_interval: float = 0.2
+    max_args_size: int | None = 1_048_576
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 30.0
     rescue_interval: float = 15.0
@@ -110,8 +111,16 @@ def _validate(key: str, value: Any) -> Any:
             f"an integer >= {low}",
         )
         return value
-    if name == "default_max_time" and value is None:
+    if name in {"default_max_time", "max_args_size"} and value is None:
         return None
+    if name == "max_args_size":
+        _check(
+            key,
+            value,
+            isinstance(value, int) and not isinstance(value, bool) and value > 0,
+            "None or a number of bytes > 0",
+        )
+        return value
     if name in {
         "default_retry_backoff",
         "retry_backoff_max",

@@ -162,17 +162,23 @@ def resolve_run_after(run_after: RunAfter) -> dt.datetime | None:
     )
 
 
-def check_json(args: Sequence[Any], kwargs: dict[str, Any]) -> None:
-    """Fail before anything is stored if an argument would not survive JSON."""
-    for position, value in enumerate(args):
-        _check_json_value(value, f"positional argument {position}")
-    for name, value in kwargs.items():
-        _check_json_value(value, f"argument {name!r}")
+def check_json(args: Sequence[Any], kwargs: dict[str, Any], max_bytes: int | None) -> None:
+    """Fail before anything is stored if an argument would not survive JSON, or if the
+    arguments are too big to belong in a queue row."""
+    labelled = [(f"positional argument {i}", value) for i, value in enumerate(args)]
+    labelled += [(f"argument {name!r}", value) for name, value in kwargs.items()]
+    size = sum(_json_size(value, label) for label, value in labelled)
+    if max_bytes is not None and size > max_bytes:
+        raise InvalidTaskCall(
+            f"The task's arguments take {size:,} bytes as JSON, more than "
+            f"QTASKS['MAX_ARGS_SIZE'] ({max_bytes:,}). Store large data elsewhere (a file, "
+            "a model) and pass its id."
+        )
 
 
-def _check_json_value(value: Any, label: str) -> None:
+def _json_size(value: Any, label: str) -> int:
     try:
-        json.dumps(value, allow_nan=False)
+        return len(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"{label} ({type(value).__name__}) is not JSON-serializable: {exc}. "

@@ -190,3 +190,12 @@ def test_async_twins_enqueue_and_read():
         return by_name.args, pending.args
 
     assert async_to_sync(scenario)() == ([3, 4], [5, 6])
+
+
+def test_arguments_over_the_size_limit_are_refused():
+    with pytest.raises(InvalidTaskCall, match=r"take 2,000,00\d bytes as JSON, more than"):
+        tasks.record.add_task("x" * 2_000_000)
+    assert TaskRecord.objects.count() == 0
+    with override_settings(QTASKS={"MAX_ARGS_SIZE": None}):
+        tasks.record.add_task("x" * 2_000_000)
+    assert TaskRecord.objects.count() == 1

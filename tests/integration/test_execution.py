@@ -263,3 +263,32 @@ def test_async_tasks_report_progress(run_worker):
     run_worker()
     done = finished(task)
     assert (done.status, done.progress) == ("success", {"done": 3, "total": 4, "message": "nearly"})
+
+
+def test_a_big_argument_runs_and_the_worker_goes_on(run_worker):
+    big = tasks.length.add_task("y" * 900_000)
+    after = tasks.add.add_task(1, 1)
+    run_worker(concurrency=1)
+    assert finished(big).returning == 900_000
+    assert finished(after).returning == 2
+
+
+def test_a_failing_before_middleware_fails_the_task_and_skips_it(run_worker):
+    definition = app.task(
+        name="tests.with_broken_before", middlewares_before=[middlewares.FailsBefore]
+    )(lambda: Execution.objects.create(key="ran"))
+    task = definition.add_task()
+    run_worker()
+    done = finished(task)
+    assert done.status == "error"
+    assert done.errors[0]["message"] == "middleware refused"
+    assert not Execution.objects.filter(key="ran").exists()
+
+
+@pytest.mark.postgres
+def test_a_connection_dropped_before_the_result_is_saved_is_mended(run_worker):
+    task = tasks.drop_my_connection.add_task()
+    after = tasks.add.add_task(2, 2)
+    assert run_worker(concurrency=1) == 0
+    assert (finished(task).status, finished(task).returning) == ("success", "dropped")
+    assert finished(after).returning == 4

@@ -21,3 +21,11 @@ class FailsAfter:
 
     def after(self, ctx: Any, outcome: Any) -> None:
         raise RuntimeError("middleware broke")
+
+
+class FailsBefore:
+    def before(self, ctx: Any) -> None:
+        raise RuntimeError("middleware refused")
+
+    def after(self, ctx: Any, outcome: Any) -> None:
+        pass

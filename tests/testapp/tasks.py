@@ -197,3 +197,22 @@ def stubborn(key: str, seconds: float = 60) -> str:
     Execution.objects.create(key=key, started=time.time())
     time.sleep(seconds)
     return key
+
+
+@app.task(name="tests.drop_my_connection")
+def drop_my_connection() -> str:
+    """Ends its own database session: the worker must store the result on a new one."""
+    from django.db import connection
+    from django.db.utils import OperationalError
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    except OperationalError:
+        pass  # the session is gone, as intended
+    return "dropped"
+
+
+@app.task(name="tests.length")
+def length(text: str) -> int:
+    return len(text)
