@@ -155,8 +155,9 @@ class _Child:
     running: dict[str, float | None] = field(default_factory=dict)
     # uuid -> when a forced cancel is due
     cancelling: dict[str, float] = field(default_factory=dict)
-    stopping: bool = False
-    retiring: bool = False
+    stopping: bool = False  # asked to stop: the pool is shutting down
+    retiring: bool = False  # took its max tasks; replaced when it exits
+    ended: bool = False  # killed by the parent for a task's sake; its tasks are settled
 
 
 class ProcessPoolWorker(BaseWorker):
@@ -178,6 +179,7 @@ class ProcessPoolWorker(BaseWorker):
         self.verbosity = verbosity
         self.children: dict[int, _Child] = {}
         self._restart_delay: dict[int, float] = {}
+        self._pending: dict[int, float] = {}  # child number -> when to start it again
         self._context = multiprocessing.get_context("spawn")
         settings = app.settings
         self.executor: BaseTaskExecutor = import_component(settings, "executor", BaseTaskExecutor)(
@@ -240,6 +242,7 @@ class ProcessPoolWorker(BaseWorker):
             why,
             extra={"action": "child_killed", "task_uuid": victim},
         )
+        child.ended = True
         child.process.kill()
         child.process.join(5)
         if victim is not None:
@@ -301,68 +304,74 @@ class ProcessPoolWorker(BaseWorker):
                 )
                 return
 
-    def _reap(self, child: _Child, stop: threading.Event) -> None:
-        """A child exited: settle what it ran and, unless we are stopping, replace it."""
+    def _reap(self, child: _Child) -> None:
+        """A child exited: settle what it ran, and schedule its replacement if one is due."""
+        del self.children[child.number]
         code = child.process.exitcode
-        lived = time.monotonic() - child.started
         self._receive(child)
+        if child.ended:
+            # Ended by us for one task's sake; everything it ran is settled already.
+            self._forget(child)
+            self._pending[child.number] = time.monotonic()
+            return
         if code == 0 or child.stopping:
             if child.running:
                 self._rescue(child, crashed=False)
             else:
-                try:
-                    self.app.broker.forget_worker(child.worker_id)
-                except DatabaseError:
-                    reset_connection(self.app.settings.database)
-            if child.retiring and not stop.is_set():
+                self._forget(child)
+            if child.retiring:
                 logger.info("Child %d retired after its tasks; starting a fresh one", child.number)
-        else:
-            logger.error(
-                "Child %d (pid %s) died with exit code %s; rescuing its tasks",
-                child.number,
-                child.process.pid,
-                code,
-                extra={"action": "child_died"},
-            )
-            self._rescue(child, crashed=True)
-        del self.children[child.number]
-        if stop.is_set() or (code == 0 and not child.retiring):
-            return  # stopping, or a burst child that found nothing left
-        if code != 0 and lived < 5:
+                self._pending[child.number] = time.monotonic()
+            return  # otherwise: stopping, or a burst child that found nothing left
+        logger.error(
+            "Child %d (pid %s) died with exit code %s; rescuing its tasks",
+            child.number,
+            child.process.pid,
+            code,
+            extra={"action": "child_died"},
+        )
+        self._rescue(child, crashed=True)
+        if time.monotonic() - child.started < 5:
             delay = min(MAX_RESTART_DELAY, 2 * self._restart_delay.get(child.number, 0.25))
+            logger.warning("Child %d keeps dying; restarting it in %.1f s", child.number, delay)
         else:
             delay = 0.0
         self._restart_delay[child.number] = delay
-        if delay:
-            logger.warning("Child %d keeps dying; restarting it in %.1f s", child.number, delay)
-            stop.wait(delay)
-        if not stop.is_set():
-            self.children[child.number] = self._spawn(child.number)
+        self._pending[child.number] = time.monotonic() + delay
+
+    def _forget(self, child: _Child) -> None:
+        try:
+            self.app.broker.forget_worker(child.worker_id)
+        except DatabaseError:
+            reset_connection(self.app.settings.database)
 
     # -- the supervisor loop ----------------------------------------------------------------
     def run(self, stop: threading.Event, force: threading.Event, grace: float) -> bool:
         for number in range(self.processes):
             self.children[number] = self._spawn(number)
         clean = True
-        signalled = False
         forced = False
-        deadline: float | None = None
-        while self.children:
-            if stop.is_set() and not signalled:
-                signalled = True
-                deadline = time.monotonic() + grace + 5
+        deadline = 0.0
+        while self.children or (self._pending and not stop.is_set()):
+            now = time.monotonic()
+            if stop.is_set() and not deadline:
+                deadline = now + grace + 5
+                self._pending.clear()
                 for child in self.children.values():
                     child.stopping = True
                     _signal(child.process, signal.SIGTERM)
-            if signalled and not forced and (force.is_set() or time.monotonic() > (deadline or 0)):
-                forced = True
-                clean = False
+            if deadline and not forced and (force.is_set() or now > deadline):
+                forced, clean = True, False
+                deadline = now + 5
                 for child in self.children.values():
                     _signal(child.process, signal.SIGTERM)  # the child's own "leave now"
-                deadline = time.monotonic() + 5
-            if forced and time.monotonic() > (deadline or 0):
-                for child in list(self.children.values()):
+            if forced and now > deadline:
+                for child in self.children.values():
                     child.process.kill()
+            for number, due in list(self._pending.items()):
+                if now >= due:
+                    del self._pending[number]
+                    self.children[number] = self._spawn(number)
             sources: list[Any] = []
             for child in self.children.values():
                 sources += [child.messages, child.process.sentinel]
@@ -371,8 +380,9 @@ class ProcessPoolWorker(BaseWorker):
             for child in list(self.children.values()):
                 self._receive(child)
                 if not child.process.is_alive():
-                    clean = clean and child.process.exitcode == 0
-                    self._reap(child, stop)
+                    if child.stopping:
+                        clean = clean and child.process.exitcode == 0
+                    self._reap(child)
                 elif not child.stopping:
                     self._check(child, now)
         return clean
