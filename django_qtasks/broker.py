@@ -12,9 +12,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from django.utils import timezone
+
 from .settings import QTasksSettings
 from .signals import component_started, component_stopped
-from .storage import WORKERS, BaseStorage
+from .storage import QUEUES, WORKERS, BaseStorage
 from .task import Outcome, Task, TaskSpec
 
 
@@ -43,7 +45,14 @@ class BaseBroker(ABC):
     def get(self, uuid: uuid_lib.UUID | str) -> Task | None: ...
 
     @abstractmethod
-    def claim(self, worker_id: str, queues: Sequence[str] | None, limit: int) -> list[Task]: ...
+    def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str] | None,
+        limit: int,
+        *,
+        exclude: Collection[str] = (),
+    ) -> list[Task]: ...
 
     @abstractmethod
     def finish(self, task: Task, outcome: Outcome) -> bool: ...
@@ -81,6 +90,20 @@ class BaseBroker(ABC):
     def live_workers(self) -> dict[str, Any]:
         return self.storage.global_config.items(WORKERS)
 
+    def requeue(self, uuid: uuid_lib.UUID | str) -> Task | None:
+        return self.storage.requeue(uuid)
+
+    def set_queue_paused(self, queue: str, paused: bool) -> None:
+        config = self.storage.global_config
+        if paused:
+            config.set(QUEUES, queue, {"paused": True, "since": timezone.now().isoformat()})
+        else:
+            config.delete(QUEUES, queue)
+
+    def paused_queues(self) -> set[str]:
+        items = self.storage.global_config.items(QUEUES)
+        return {queue for queue, value in items.items() if (value or {}).get("paused")}
+
 
 class DjangoBroker(BaseBroker):
     """The Broker for the Django ORM storage: claims through Storage, polls for work."""
@@ -91,8 +114,15 @@ class DjangoBroker(BaseBroker):
     def get(self, uuid: uuid_lib.UUID | str) -> Task | None:
         return self.storage.get(uuid)
 
-    def claim(self, worker_id: str, queues: Sequence[str] | None, limit: int) -> list[Task]:
-        return self.storage.claim(worker_id, queues, limit)
+    def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str] | None,
+        limit: int,
+        *,
+        exclude: Collection[str] = (),
+    ) -> list[Task]:
+        return self.storage.claim(worker_id, queues, limit, exclude=exclude)
 
     def finish(self, task: Task, outcome: Outcome) -> bool:
         return self.storage.finish(task, outcome)

@@ -37,6 +37,7 @@ class Heartbeat:
         info: dict[str, Any],
         running: Callable[[], int],
         on_cancel: Callable[[set[UUID]], None],
+        on_paused: Callable[[set[str]], None] = lambda queues: None,
     ) -> None:
         self.broker = broker
         self.settings = settings
@@ -49,6 +50,7 @@ class Heartbeat:
         }
         self.running = running
         self.on_cancel = on_cancel
+        self.on_paused = on_paused
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="qtasks-heartbeat", daemon=True)
         self._next_rescue = 0.0
@@ -56,6 +58,7 @@ class Heartbeat:
     def start(self) -> None:
         """Register at once (before the first claim), then keep beating in the background."""
         self.beat()
+        self.on_paused(self.broker.paused_queues())
         self._thread.start()
 
     def stop(self) -> None:
@@ -69,6 +72,7 @@ class Heartbeat:
     def tick(self) -> None:
         """One round: beat, relay cancel requests, and rescue when it is time."""
         self.beat()
+        self.on_paused(self.broker.paused_queues())
         if self.running():
             requested = self.broker.cancel_requests(self.worker_id)
             if requested:

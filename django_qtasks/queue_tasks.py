@@ -68,7 +68,19 @@ class TaskRegistry:
 
     def __init__(self) -> None:
         self._tasks: dict[str, BaseTask[Any]] = {}
+        self._resolvers: list[tuple[str, Callable[[str], BaseTask[Any] | None]]] = []
         self._lock = threading.Lock()
+
+    def add_resolver(self, prefix: str, resolver: Callable[[str], BaseTask[Any] | None]) -> None:
+        """Let names starting with ``prefix`` be looked up on demand by ``resolver``.
+
+        An integration (the django.tasks backend) uses it for tasks that are not
+        ``@app.task`` functions; the resolver must refuse (return ``None``) anything
+        that is not a task it knows, since the name comes from a database row.
+        """
+        with self._lock:
+            if (prefix, resolver) not in self._resolvers:
+                self._resolvers.append((prefix, resolver))
 
     def add(self, task: BaseTask[Any]) -> None:
         with self._lock:
@@ -82,13 +94,20 @@ class TaskRegistry:
             self._tasks[task.name] = task
 
     def get(self, name: str) -> BaseTask[Any]:
-        try:
-            return self._tasks[name]
-        except KeyError:
-            raise TaskNotRegistered(
-                f"No task named {name!r} is registered in this process. Is its module "
-                "(tasks.py of an installed app) imported, and is the name spelled right?"
-            ) from None
+        task = self._tasks.get(name)
+        if task is not None:
+            return task
+        for prefix, resolver in self._resolvers:
+            if name.startswith(prefix):
+                task = resolver(name)
+                if task is not None:
+                    with self._lock:
+                        self._tasks.setdefault(name, task)
+                    return task
+        raise TaskNotRegistered(
+            f"No task named {name!r} is registered in this process. Is its module "
+            "(tasks.py of an installed app) imported, and is the name spelled right?"
+        )
 
     def __contains__(self, name: object) -> bool:
         return name in self._tasks
@@ -234,6 +253,26 @@ class BaseQueueTasks:
 
     def sync_get(self, uuid: uuid_lib.UUID | str) -> Task | None:
         return self.broker.get(uuid)
+
+    def retry(self, uuid: uuid_lib.UUID | str) -> Task | None:
+        """Send a failed or cancelled task back to the queue for one more attempt (at
+        least); its error history is kept. Other tasks are left as they are."""
+        return self.broker.requeue(uuid)
+
+    def pause_queue(self, queue: str) -> None:
+        """Workers stop claiming from ``queue`` within a heartbeat interval; running tasks
+        finish, and new tasks wait."""
+        self.broker.set_queue_paused(validate_queue(queue, None), True)
+
+    def resume_queue(self, queue: str) -> None:
+        self.broker.set_queue_paused(validate_queue(queue, None), False)
+
+    def paused_queues(self) -> set[str]:
+        return self.broker.paused_queues()
+
+    def live_workers(self) -> dict[str, Any]:
+        """Worker id -> what it said in its last heartbeat (host, pid, queues, ...)."""
+        return self.broker.live_workers()
 
     def sync_cancel(self, uuid: uuid_lib.UUID | str, reason: str = "") -> Task | None:
         """Cancel a task: a waiting one at once (it never runs); a running one is asked to

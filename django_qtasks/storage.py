@@ -16,6 +16,8 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from django.db import IntegrityError, connections, transaction
+from django.db.models import F
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from .exceptions import ConfigurationError
@@ -29,6 +31,7 @@ logger = logging.getLogger("django_qtasks.storage")
 
 SUPPORTED_VENDORS = ("postgresql", "sqlite")
 WORKERS = "workers"  # the GlobalConfig name under which workers keep their heartbeats
+QUEUES = "queues"  # ... and under which paused queues are flagged
 WORKER_LOST = "django_qtasks.WorkerLost"
 CANCELLED = "django_qtasks.exceptions.TaskCancelled"
 _NOW = object()  # stands for "the time of the statement" in _update_with_error
@@ -62,9 +65,21 @@ class BaseStorage(ABC):
     def get(self, uuid: uuid_lib.UUID | str) -> Task | None: ...
 
     @abstractmethod
-    def claim(self, worker_id: str, queues: Sequence[str] | None, limit: int) -> list[Task]:
+    def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str] | None,
+        limit: int,
+        *,
+        exclude: Collection[str] = (),
+    ) -> list[Task]:
         """Mark up to ``limit`` ready tasks ``process`` for this worker and return them,
-        in claim order (higher priority first, then older ``run_after``)."""
+        in claim order (higher priority first, then older ``run_after``). ``queues``
+        limits the queues (``None``: all); ``exclude`` names paused ones."""
+
+    @abstractmethod
+    def requeue(self, uuid: uuid_lib.UUID | str) -> Task | None:
+        """Put a failed or cancelled task back to waiting, allowing one more attempt."""
 
     @abstractmethod
     def finish(self, task: Task, outcome: Outcome) -> bool:
@@ -160,7 +175,14 @@ class DjangoStorage(BaseStorage):
         record = self._records().filter(uuid=uuid).first()
         return None if record is None else Task.from_record(record)
 
-    def claim(self, worker_id: str, queues: Sequence[str] | None, limit: int) -> list[Task]:
+    def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str] | None,
+        limit: int,
+        *,
+        exclude: Collection[str] = (),
+    ) -> list[Task]:
         if limit <= 0:
             return []
         connection = connections[self.alias]
@@ -175,6 +197,9 @@ class DjangoStorage(BaseStorage):
         if queues:
             where += f" AND queue IN ({', '.join(['%s'] * len(queues))})"
             params.extend(queues)
+        if exclude:
+            where += f" AND queue NOT IN ({', '.join(['%s'] * len(exclude))})"
+            params.extend(exclude)
         lock = (
             " FOR UPDATE SKIP LOCKED"
             if connection.features.has_select_for_update_skip_locked
@@ -191,6 +216,17 @@ class DjangoStorage(BaseStorage):
         records = list(self._records().raw(sql, all_params))
         records.sort(key=lambda r: (-r.priority, r.run_after, r.created_at))
         return [Task.from_record(r) for r in records]
+
+    def requeue(self, uuid: uuid_lib.UUID | str) -> Task | None:
+        self._records().filter(uuid=uuid, status__in=[TaskStatus.ERROR, TaskStatus.CANCEL]).update(
+            status=TaskStatus.NEW,
+            run_after=timezone.now(),
+            updated_at=timezone.now(),
+            finished_at=None,
+            cancel_requested=False,
+            max_retries=Greatest(F("max_retries"), F("attempt")),
+        )
+        return self.get(uuid)
 
     def finish(self, task: Task, outcome: Outcome) -> bool:
         now = timezone.now()

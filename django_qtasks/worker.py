@@ -97,6 +97,7 @@ class ThreadWorker(BaseWorker):
         self._executors: dict[type, BaseTaskExecutor] = {}
         self.timekeeper = Timekeeper()
         self.heartbeat: Heartbeat | None = None
+        self.paused: frozenset[str] = frozenset()
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -135,6 +136,7 @@ class ThreadWorker(BaseWorker):
             info={"queues": self.queues, "concurrency": self.concurrency},
             running=lambda: self.in_flight,
             on_cancel=self.request_cancel,
+            on_paused=self._set_paused,
         )
         self.heartbeat.start()
         try:
@@ -158,7 +160,7 @@ class ThreadWorker(BaseWorker):
             try:
                 if failures:
                     self._reclaim_orphans()
-                claimed = broker.claim(self.worker_id, self.queues, free)
+                claimed = broker.claim(self.worker_id, self.queues, free, exclude=self.paused)
                 failures = 0
             except DatabaseError:
                 failures += 1
@@ -185,6 +187,11 @@ class ThreadWorker(BaseWorker):
                 self._wait_for_change(stop)
                 continue
             broker.wait_for_work(self.poll_interval, stop)
+
+    def _set_paused(self, queues: set[str]) -> None:
+        if queues != self.paused:
+            logger.info("Paused queues: %s", ", ".join(sorted(queues)) or "none")
+        self.paused = frozenset(queues)
 
     def claim_limit(self, free: int, stop: threading.Event) -> int:
         """How many tasks to claim now, given ``free`` threads (a hook for subclasses)."""

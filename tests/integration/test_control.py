@@ -1,0 +1,90 @@
+"""Steering tasks and queues from outside: retry, pause and resume, name resolvers."""
+
+import pytest
+from django.test import override_settings
+
+from django_qtasks import app
+from django_qtasks.exceptions import InvalidTaskCall, TaskNotRegistered
+from django_qtasks.queue_tasks import TaskRegistry
+from tests.helpers import wait_until
+from tests.testapp import tasks
+from tests.testapp.models import Execution
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_retry_gives_a_failed_task_one_more_attempt(run_worker):
+    task = tasks.always_fail.add_task("again")  # retry=1: two attempts, then error
+    run_worker()
+    assert app.get(task.uuid).status == "error"
+    requeued = app.retry(task.uuid)
+    assert (requeued.status, requeued.finished_at, requeued.max_retries) == ("new", None, 2)
+    run_worker()
+    done = app.get(task.uuid)
+    assert (done.status, done.attempt, len(done.errors)) == ("error", 3, 3)
+    assert Execution.objects.filter(key="again").count() == 3
+
+
+def test_retry_brings_back_a_cancelled_task_and_leaves_others_alone(run_worker):
+    cancelled = tasks.record.add_task("back")
+    app.cancel(cancelled.uuid)
+    waiting = tasks.record.add_task("waiting")
+    assert app.retry(waiting.uuid).status == "new"  # unchanged
+    assert app.retry(cancelled.uuid).status == "new"
+    run_worker()
+    assert app.get(cancelled.uuid).status == "success"
+
+
+def test_a_paused_queue_is_not_claimed_until_resumed(run_worker):
+    app.pause_queue("mail")
+    assert app.paused_queues() == {"mail"}
+    held = tasks.record.add_task("held", queue="mail")
+    free = tasks.record.add_task("free", queue="default")
+    run_worker()
+    assert (app.get(held.uuid).status, app.get(free.uuid).status) == ("new", "success")
+    app.resume_queue("mail")
+    assert app.paused_queues() == set()
+    run_worker()
+    assert app.get(held.uuid).status == "success"
+
+
+def test_a_running_worker_obeys_pause_within_a_heartbeat(run_worker):
+    import threading
+
+    with override_settings(
+        QTASKS={"POLL_INTERVAL": 0.02, "HEARTBEAT_INTERVAL": 0.05, "HEARTBEAT_TIMEOUT": 5}
+    ):
+        starter = app.build_starter(concurrency=1)
+        thread = threading.Thread(target=starter.run, kwargs={"install_signals": False})
+        thread.start()
+        try:
+            first = tasks.record.add_task("before", queue="reports")
+            wait_until(lambda: app.get(first.uuid).status == "success")
+            app.pause_queue("reports")
+            wait_until(lambda: starter.worker.paused == {"reports"}, message="the pause")
+            later = tasks.record.add_task("during", queue="reports")
+            other = tasks.record.add_task("other", queue="default")
+            wait_until(lambda: app.get(other.uuid).status == "success")
+            assert app.get(later.uuid).status == "new"
+            app.resume_queue("reports")
+            wait_until(lambda: app.get(later.uuid).status == "success", message="resume")
+        finally:
+            starter.request_stop()
+            thread.join(timeout=30)
+
+
+def test_pause_checks_the_queue_name():
+    with pytest.raises(InvalidTaskCall):
+        app.pause_queue("no spaces allowed")
+
+
+def test_resolvers_answer_only_for_their_prefix_and_only_what_they_know():
+    registry = TaskRegistry()
+    known = tasks.add
+    registry.add_resolver("ext:", lambda name: known if name == "ext:add" else None)
+    assert registry.get("ext:add") is known
+    assert "ext:add" in registry  # cached
+    with pytest.raises(TaskNotRegistered):
+        registry.get("ext:os.system")
+    with pytest.raises(TaskNotRegistered):
+        registry.get("other:add")
