@@ -55,7 +55,10 @@ class BaseBroker(ABC):
     ) -> list[Task]: ...
 
     @abstractmethod
-    def finish(self, task: Task, outcome: Outcome) -> bool: ...
+    def finish_many(self, items: Sequence[tuple[Task, Outcome]]) -> list[bool]: ...
+
+    def finish(self, task: Task, outcome: Outcome) -> bool:
+        return self.finish_many([(task, outcome)])[0]
 
     @abstractmethod
     def wait_for_work(self, timeout: float, stop: threading.Event) -> None:
@@ -89,6 +92,10 @@ class BaseBroker(ABC):
 
     def live_workers(self) -> dict[str, Any]:
         return self.storage.global_config.items(WORKERS)
+
+    def forget_dead_workers(self) -> int:
+        """Drop expired heartbeat rows (after their tasks were rescued)."""
+        return self.storage.global_config.purge_expired(WORKERS)
 
     def requeue(self, uuid: uuid_lib.UUID | str) -> Task | None:
         return self.storage.requeue(uuid)
@@ -124,8 +131,8 @@ class DjangoBroker(BaseBroker):
     ) -> list[Task]:
         return self.storage.claim(worker_id, queues, limit, exclude=exclude)
 
-    def finish(self, task: Task, outcome: Outcome) -> bool:
-        return self.storage.finish(task, outcome)
+    def finish_many(self, items: Sequence[tuple[Task, Outcome]]) -> list[bool]:
+        return self.storage.finish_many(items)
 
     def wait_for_work(self, timeout: float, stop: threading.Event) -> None:
         stop.wait(timeout)

@@ -66,5 +66,9 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
     return {"type": f"{cls.__module__}.{cls.__qualname__}", "message": str(exc)}
 
 
+class TaskConflict(QTasksError):
+    """The change would give two waiting or running tasks the same ``unique_key``."""
+
+
 class TaskNotFound(QTasksError, LookupError):
     """No task row has this uuid (it may have been pruned)."""

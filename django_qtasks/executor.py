@@ -125,10 +125,12 @@ class TaskExecutor(BaseTaskExecutor):
                 error=None if ctx.is_cancelled else describe_exception(exc),
                 traceback="" if ctx.is_cancelled else traceback.format_exc(),
             )
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            outcome = self.failure(definition, task, exc)
+        except BaseException as exc:  # even KeyboardInterrupt: it must not end a worker thread
+            outcome = (
+                Outcome(status=TaskStatus.CANCEL)  # it failed while being cancelled
+                if ctx.is_cancelled
+                else self.failure(definition, task, exc)
+            )
         for middleware in [*self.global_after, *options.middlewares_after]:
             try:
                 middleware.after(ctx, outcome)

@@ -48,6 +48,10 @@ class BaseGlobalConfig(ABC):
     def items(self, name: str) -> dict[str, Any]:
         """Every live ``key -> value`` under ``name``."""
 
+    @abstractmethod
+    def purge_expired(self, name: str) -> int:
+        """Delete the expired entries under ``name`` (they read as absent already)."""
+
 
 class DjangoGlobalConfig(BaseGlobalConfig):
     """GlobalConfig on the ``ConfigEntry`` model, in the ``QTASKS['DATABASE']`` database."""
@@ -76,3 +80,8 @@ class DjangoGlobalConfig(BaseGlobalConfig):
 
     def items(self, name: str) -> dict[str, Any]:
         return dict(self._entries(name).values_list("key", "value"))
+
+    def purge_expired(self, name: str) -> int:
+        entries = ConfigEntry.objects.using(self.settings.database)
+        deleted, _ = entries.filter(name=name, expires_at__lte=timezone.now()).delete()
+        return deleted

@@ -81,6 +81,7 @@ class Heartbeat:
         if now >= self._next_rescue:
             self._next_rescue = now + self.settings.rescue_interval
             self.broker.rescue()
+            self.broker.forget_dead_workers()
 
     def _run(self) -> None:
         alias = self.settings.database

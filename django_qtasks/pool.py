@@ -82,9 +82,10 @@ class ChildWorker(ThreadWorker):
             self.send("retire", "")  # finish what runs, exit, and get replaced
             stop.set()
             return 0
-        limit = min(free, left)
-        self.claimed_total += limit  # an upper bound: fewer may be claimed
-        return limit
+        return min(free, left)
+
+    def on_claimed(self, tasks: list[Task]) -> None:
+        self.claimed_total += len(tasks)
 
     def on_task_start(self, task: Task, max_time: float | None) -> None:
         self.send("start", str(task.uuid), max_time)
@@ -250,7 +251,15 @@ class ProcessPoolWorker(BaseWorker):
         self._rescue(child, crashed=False)
 
     def _settle(self, child: _Child, uuid: str, outcome: str) -> None:
-        """Store how the overrun or cancelled task ended, as its own worker would have."""
+        """Store how the overrun or cancelled task ended, as its own worker would have.
+        If the database is away, the task is left to the rescuer (the child is gone)."""
+        try:
+            self._settle_now(child, uuid, outcome)
+        except DatabaseError:
+            logger.warning("Could not settle task %s; the rescuer will", uuid, exc_info=True)
+            reset_connection(self.app.settings.database)
+
+    def _settle_now(self, child: _Child, uuid: str, outcome: str) -> None:
         task = self.app.broker.get(uuid)
         if task is None or task.status != TaskStatus.PROCESS or task.worker_id != child.worker_id:
             return
@@ -262,9 +271,11 @@ class ProcessPoolWorker(BaseWorker):
             except TaskNotRegistered:
                 result = Outcome(status=TaskStatus.ERROR)
             else:
-                max_time = self.executor.max_time(definition) or 0
+                executor_cls = definition.options.executor
+                executor = executor_cls(self.app.settings) if executor_cls else self.executor
+                max_time = executor.max_time(definition) or 0
                 error = TaskTimeLimitExceeded(time_limit_message(max_time))
-                result = self.executor.failure(definition, task, error)
+                result = executor.failure(definition, task, error)
         self.app.broker.finish(task, result)
 
     def _rescue(self, child: _Child, *, crashed: bool) -> None:
@@ -319,8 +330,9 @@ class ProcessPoolWorker(BaseWorker):
                 self._rescue(child, crashed=False)
             else:
                 self._forget(child)
-            if child.retiring:
-                logger.info("Child %d retired after its tasks; starting a fresh one", child.number)
+            if child.retiring or not (child.stopping or self.burst):
+                # Retired, or stopped from outside: the pool keeps its size.
+                logger.info("Child %d exited; starting a fresh one", child.number)
                 self._pending[child.number] = time.monotonic()
             return  # otherwise: stopping, or a burst child that found nothing left
         logger.error(
@@ -332,7 +344,8 @@ class ProcessPoolWorker(BaseWorker):
         )
         self._rescue(child, crashed=True)
         if time.monotonic() - child.started < 5:
-            delay = min(MAX_RESTART_DELAY, 2 * self._restart_delay.get(child.number, 0.25))
+            previous = self._restart_delay.get(child.number, 0.0)
+            delay = min(MAX_RESTART_DELAY, max(0.5, 2 * previous))
             logger.warning("Child %d keeps dying; restarting it in %.1f s", child.number, delay)
         else:
             delay = 0.0

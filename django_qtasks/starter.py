@@ -8,6 +8,7 @@ docs/reliability.md).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import signal
 import threading
@@ -31,6 +32,7 @@ class Starter:
         self.grace = grace
         self.stop_event = threading.Event()
         self.force_event = threading.Event()
+        self._signals = itertools.count()
 
     def start(self) -> None:
         component_started.send(sender=type(self), component=self, name=self.component_name)
@@ -74,10 +76,12 @@ class Starter:
         return 0 if clean else 1
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # next() on a count is one step, so a signal that interrupts this handler (they
+        # nest) still counts as the second; the events are set before anything logs.
+        second = next(self._signals) > 0
+        self.request_stop(force=second)
         name = signal.Signals(signum).name
-        if self.stop_event.is_set():
+        if second:
             logger.warning("%s again: leaving now", name)
-            self.request_stop(force=True)
-            return
-        logger.info("%s: no new tasks; finishing the running ones", name)
-        self.request_stop()
+        else:
+            logger.info("%s: no new tasks; finishing the running ones", name)

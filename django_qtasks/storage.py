@@ -9,6 +9,7 @@ claim one task.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid as uuid_lib
 from abc import ABC, abstractmethod
@@ -20,7 +21,7 @@ from django.db.models import F
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, TaskConflict
 from .global_config import BaseGlobalConfig
 from .models import ACTIVE_STATUSES, ConfigEntry, TaskRecord, TaskStatus
 from .settings import QTasksSettings
@@ -82,8 +83,13 @@ class BaseStorage(ABC):
         """Put a failed or cancelled task back to waiting, allowing one more attempt."""
 
     @abstractmethod
+    def finish_many(self, items: Sequence[tuple[Task, Outcome]]) -> list[bool]:
+        """Store how attempts ended, all in one transaction; for each, False if the task
+        was no longer this worker's (rescued or cancelled meanwhile): nothing changes then.
+        """
+
     def finish(self, task: Task, outcome: Outcome) -> bool:
-        """Store how an attempt ended. False if the task was no longer this worker's."""
+        return self.finish_many([(task, outcome)])[0]
 
     @abstractmethod
     def set_progress(self, uuid: uuid_lib.UUID, progress: dict[str, Any]) -> None: ...
@@ -218,48 +224,97 @@ class DjangoStorage(BaseStorage):
         return [Task.from_record(r) for r in records]
 
     def requeue(self, uuid: uuid_lib.UUID | str) -> Task | None:
-        self._records().filter(uuid=uuid, status__in=[TaskStatus.ERROR, TaskStatus.CANCEL]).update(
-            status=TaskStatus.NEW,
-            run_after=timezone.now(),
-            updated_at=timezone.now(),
-            finished_at=None,
-            cancel_requested=False,
-            max_retries=Greatest(F("max_retries"), F("attempt")),
-        )
+        try:
+            with transaction.atomic(using=self.alias):  # a savepoint inside a caller's block
+                self._records().filter(
+                    uuid=uuid, status__in=[TaskStatus.ERROR, TaskStatus.CANCEL]
+                ).update(
+                    status=TaskStatus.NEW,
+                    run_after=timezone.now(),
+                    updated_at=timezone.now(),
+                    finished_at=None,
+                    cancel_requested=False,
+                    max_retries=Greatest(F("max_retries"), F("attempt")),
+                )
+        except IntegrityError:
+            raise TaskConflict(
+                f"Task {uuid} cannot go back to the queue: another waiting or running task "
+                "of the same name holds its unique_key."
+            ) from None
         return self.get(uuid)
 
-    def finish(self, task: Task, outcome: Outcome) -> bool:
+    def finish_many(self, items: Sequence[tuple[Task, Outcome]]) -> list[bool]:
+        if not items:
+            return []
+        connection = connections[self.alias]
+        ops = connection.ops
+        meta = TaskRecord._meta
+        returning_field = meta.get_field("returning")
         now = timezone.now()
-        changes: dict[str, Any] = {"status": outcome.status, "updated_at": now}
-        if outcome.status == TaskStatus.SUCCESS:
-            changes["returning"] = outcome.returning
-        if outcome.error is not None:
-            entry = {
-                "attempt": task.attempt,
-                "at": now.isoformat(),
-                **outcome.error,
-                "traceback": outcome.traceback,
-            }
-            changes["errors"] = [*task.errors, entry]
-            changes["traceback"] = outcome.traceback
-        if outcome.status == TaskStatus.RETRY:
-            changes["run_after"] = outcome.run_after or now
-        else:
-            changes["finished_at"] = now
-        updated = (
-            self._records()
-            .filter(uuid=task.uuid, status=TaskStatus.PROCESS, worker_id=task.worker_id)
-            .update(**changes)
-        )
-        if not updated:
-            logger.warning(
-                "Task %s was no longer held by worker %s; its %s result was not stored.",
-                task.uuid,
-                task.worker_id,
-                outcome.status,
-                extra={"action": "finish_lost", "task_uuid": str(task.uuid)},
+        db_now = ops.adapt_datetimefield_value(now)
+        rows = []
+        for task, outcome in items:
+            entry = None
+            if outcome.error is not None:
+                entry = json.dumps(
+                    {
+                        "attempt": task.attempt,
+                        "at": now.isoformat(),
+                        **outcome.error,
+                        "traceback": outcome.traceback,
+                    }
+                )
+            retry = outcome.status == TaskStatus.RETRY
+            returning = outcome.returning if outcome.status == TaskStatus.SUCCESS else None
+            rows.append(
+                [
+                    str(outcome.status),
+                    returning_field.get_db_prep_save(returning, connection),
+                    entry,
+                    entry,
+                    outcome.traceback if entry is not None else None,
+                    ops.adapt_datetimefield_value(outcome.run_after or now) if retry else None,
+                    None if retry else db_now,
+                    db_now,
+                    meta.pk.get_db_prep_value(task.uuid, connection),
+                    task.worker_id,
+                ]
             )
-        return bool(updated)
+        table = ops.quote_name(meta.db_table)
+        q = ops.quote_name  # "returning" is a keyword in SQL
+        entry_sql = "%s::jsonb" if connection.vendor == "postgresql" else "json(%s)"
+        errors_sql = _errors_plus(connection.vendor, entry_sql)
+        sql = (
+            f"UPDATE {table} SET status = %s, {q('returning')} = %s, "
+            f"errors = CASE WHEN %s IS NULL THEN errors ELSE {errors_sql} END, "
+            "traceback = COALESCE(%s, traceback), run_after = COALESCE(%s, run_after), "
+            "finished_at = %s, "
+            f"updated_at = %s WHERE uuid = %s AND status = '{TaskStatus.PROCESS.value}' "
+            "AND worker_id = %s"
+        )
+        # One transaction (one commit, one fsync) for the whole batch.
+        with transaction.atomic(using=self.alias), connection.cursor() as cursor:
+            cursor.executemany(sql, rows)
+            updated = cursor.rowcount
+        if updated == len(items):
+            return [True] * len(items)
+        stored = set(
+            self._records()
+            .filter(uuid__in=[task.uuid for task, _ in items], updated_at=now)
+            .values_list("uuid", flat=True)
+        )
+        results = []
+        for task, outcome in items:
+            results.append(task.uuid in stored)
+            if task.uuid not in stored:
+                logger.warning(
+                    "Task %s was no longer held by worker %s; its %s result was not stored.",
+                    task.uuid,
+                    task.worker_id,
+                    outcome.status,
+                    extra={"action": "finish_lost", "task_uuid": str(task.uuid)},
+                )
+        return results
 
     def set_progress(self, uuid: uuid_lib.UUID, progress: dict[str, Any]) -> None:
         self._records().filter(uuid=uuid).update(progress=progress, updated_at=timezone.now())
@@ -284,10 +339,7 @@ class DjangoStorage(BaseStorage):
         db_now = connection.ops.adapt_datetimefield_value(now)
         build = "jsonb_build_object" if vendor == "postgresql" else "json_object"
         entry = f"{build}('attempt', attempt, 'at', %s, 'type', %s, 'message', %s, 'traceback', '')"
-        if vendor == "postgresql":
-            errors_sql = f"errors || jsonb_build_array({entry})"
-        else:
-            errors_sql = f"json_insert(errors, '$[#]', {entry})"
+        errors_sql = _errors_plus(vendor, entry)
         sets: list[str] = []
         params: list[Any] = []
         for sql, values in [*assignments, ("updated_at = %s", [db_now])]:
@@ -387,6 +439,14 @@ class DjangoStorage(BaseStorage):
             .filter(worker_id=worker_id, status=TaskStatus.PROCESS, cancel_requested=True)
             .values_list("uuid", flat=True)
         )
+
+
+def _errors_plus(vendor: str, entry_sql: str) -> str:
+    """SQL for the ``errors`` column with one more entry (an SQL JSON object) appended,
+    in place: a concurrent append (a cancel request) is never overwritten."""
+    if vendor == "postgresql":
+        return f"errors || jsonb_build_array({entry_sql})"
+    return f"json_insert(errors, '$[#]', {entry_sql})"
 
 
 def _as_uuid(value: Any) -> uuid_lib.UUID:

@@ -17,9 +17,9 @@ import threading
 import time
 import uuid as uuid_lib
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
 from . import signals
 from .context import TaskContext
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("django_qtasks.worker")
 
 MAX_DB_BACKOFF = 30.0
+MAX_COMPLETION_BATCH = 500
 IDLE_PING_AFTER = 1.0  # seconds a thread's connection may idle before a task pings it
 
 
@@ -87,6 +88,10 @@ class ThreadWorker(BaseWorker):
     def __init__(self, app: BaseQueueTasks, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._inbox: queue_lib.Queue[Task | None] = queue_lib.Queue()
+        self._completed: queue_lib.Queue[_Done | None] = queue_lib.Queue()
+        self._completer = threading.Thread(
+            target=self._completer_main, name="qtasks-completer", daemon=True
+        )
         self._threads: list[threading.Thread] = []
         self._running: dict[uuid_lib.UUID, TaskContext | None] = {}
         self._changed = threading.Condition()
@@ -108,6 +113,7 @@ class ThreadWorker(BaseWorker):
             thread.start()
             self._threads.append(thread)
         self.timekeeper.start()
+        self._completer.start()
         super().start()
 
     def stop(self) -> None:
@@ -117,6 +123,8 @@ class ThreadWorker(BaseWorker):
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._threads = [t for t in self._threads if t.is_alive()]
+        self._completed.put(None)
+        self._completer.join(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
         self.timekeeper.stop()
         connections.close_all()
         super().stop()
@@ -175,6 +183,7 @@ class ThreadWorker(BaseWorker):
                 stop.wait(delay)
                 continue
             if claimed:
+                self.on_claimed(claimed)
                 with self._changed:
                     for task in claimed:
                         self._running[task.uuid] = None
@@ -196,6 +205,9 @@ class ThreadWorker(BaseWorker):
     def claim_limit(self, free: int, stop: threading.Event) -> int:
         """How many tasks to claim now, given ``free`` threads (a hook for subclasses)."""
         return free
+
+    def on_claimed(self, tasks: list[Task]) -> None:
+        """Called on the main loop with each non-empty claim (a hook for subclasses)."""
 
     def on_task_start(self, task: Task, max_time: float | None) -> None:
         """Called on the task's thread just before it runs (a hook for subclasses)."""
@@ -280,17 +292,24 @@ class ThreadWorker(BaseWorker):
                     if time.monotonic() - last_used > IDLE_PING_AFTER:
                         ensure_usable(alias)
                     self.process(task)
+                except BaseException:
+                    # process() handles everything a task can do; this is our own bug.
+                    logger.exception("Processing task %s failed", task.uuid)
+                    self._release(task)
                 finally:
                     close_if_broken(alias)
                     last_used = time.monotonic()
-                    with self._changed:
-                        self._running.pop(task.uuid, None)
-                        self._changed.notify_all()
         finally:
             connections.close_all()
 
+    def _release(self, task: Task) -> None:
+        """Free the task's slot: it is finished and stored (or left for the rescuer)."""
+        with self._changed:
+            self._running.pop(task.uuid, None)
+            self._changed.notify_all()
+
     def process(self, task: Task) -> None:
-        """Run one claimed task and store its outcome; never raises."""
+        """Run one claimed task and hand its outcome to the completer; never raises."""
         try:
             definition = self.app.registry.get(task.task_name)
         except TaskNotRegistered as exc:
@@ -303,7 +322,7 @@ class ThreadWorker(BaseWorker):
                 task.task_name,
                 extra={"action": "unknown_task", "task_uuid": str(task.uuid)},
             )
-            self._store(task, outcome)
+            self._completed.put(_Done(task, outcome, 0.0))
             return
         ctx = TaskContext(definition, task, timekeeper=self.timekeeper)
         with self._changed:
@@ -314,12 +333,8 @@ class ThreadWorker(BaseWorker):
         self.on_task_start(task, executor.max_time(definition))
         signals.task_started.send(sender=type(self.app), task=task)
         started = time.monotonic()
-        try:
-            outcome = executor.execute(definition, task, ctx)
-            self._store(task, outcome, duration=time.monotonic() - started)
-        finally:
-            self.on_task_end(task)
-        signals.task_finished.send(sender=type(self.app), task=task, outcome=outcome)
+        outcome = executor.execute(definition, task, ctx)
+        self._completed.put(_Done(task, outcome, time.monotonic() - started))
 
     def _executor(self, definition: BaseTask[Any]) -> BaseTaskExecutor:
         cls = definition.options.executor
@@ -329,12 +344,65 @@ class ThreadWorker(BaseWorker):
             self._executors[cls] = cls(self.app.settings)
         return self._executors[cls]
 
-    def _store(self, task: Task, outcome: Outcome, duration: float = 0.0) -> None:
-        """Store the outcome, riding out a dropped connection or a database restart.
+    # -- the completer ---------------------------------------------------------------------
+    def _completer_main(self) -> None:
+        """Store outcomes in batches: whatever finished while the last batch was being
+        written goes in the next one, in one transaction. Idle, a batch is one task, so
+        batching adds no wait; busy, it saves a commit per task."""
+        try:
+            while True:
+                first = self._completed.get()
+                if first is None:
+                    return
+                batch = [first]
+                while len(batch) < MAX_COMPLETION_BATCH:
+                    try:
+                        more = self._completed.get_nowait()
+                    except queue_lib.Empty:
+                        break
+                    if more is None:
+                        self._completed.put(None)  # stop after this batch
+                        break
+                    batch.append(more)
+                self._store(batch)
+        finally:
+            connections.close_all()
 
-        ``finish`` only changes a row this worker still holds, so a retry after a lost
-        reply cannot overwrite anything. If the database stays away past the heartbeat
-        timeout, the task is rescued and runs again elsewhere (at-least-once).
+    def _store(self, batch: list[_Done]) -> None:
+        """Store a batch of outcomes, then free their slots and tell the world."""
+        stored = self._write(batch)
+        for done, ok in zip(batch, stored, strict=True):
+            task, outcome = done.task, done.outcome
+            self.on_task_end(task)
+            self._release(task)
+            if not ok:
+                continue
+            signals.task_finished.send(sender=type(self.app), task=task, outcome=outcome)
+            logger.info(
+                "Task %s %s: %s in %.3f s",
+                task.task_name,
+                task.uuid,
+                outcome.status,
+                done.duration,
+                extra={
+                    "action": "task_finished",
+                    "task_uuid": str(task.uuid),
+                    "task_name": task.task_name,
+                    "queue": task.queue,
+                    "status": outcome.status,
+                    "attempt": task.attempt,
+                    "duration": done.duration,
+                },
+            )
+
+    def _write(self, batch: list[_Done]) -> list[bool]:
+        """``finish_many``, riding out a dropped connection or a database restart.
+
+        It only changes rows this worker still holds, so a retry after a lost reply
+        cannot overwrite anything. If the database stays away past the heartbeat
+        timeout, the tasks are rescued and run again elsewhere (at-least-once). An
+        outcome the database refuses for good (say, a NUL character in a result) is
+        stored as an ``error`` that says so, instead of being retried for nothing.
         """
         broker = self.app.broker
         settings = self.app.settings
@@ -342,39 +410,51 @@ class ThreadWorker(BaseWorker):
         delay = 0.05
         while True:
             try:
-                broker.finish(task, outcome)
-                break
-            except DatabaseError:
+                return broker.finish_many([(done.task, done.outcome) for done in batch])
+            except (OperationalError, InterfaceError):
                 logger.warning(
-                    "Storing the outcome of task %s failed; retrying in %.2f s",
-                    task.uuid,
+                    "Storing %d outcome(s) failed; retrying in %.2f s",
+                    len(batch),
                     delay,
                     exc_info=True,
-                    extra={"action": "finish_failed", "task_uuid": str(task.uuid)},
+                    extra={"action": "finish_failed"},
                 )
                 reset_connection(settings.database)
                 if time.monotonic() + delay > deadline:
                     logger.error(
-                        "Giving up storing task %s; it will be rescued",
-                        task.uuid,
-                        extra={"action": "finish_abandoned", "task_uuid": str(task.uuid)},
+                        "Giving up storing %d outcome(s); the tasks will be rescued",
+                        len(batch),
+                        extra={"action": "finish_abandoned"},
                     )
-                    return
+                    return [False] * len(batch)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        logger.info(
-            "Task %s %s: %s in %.3f s",
-            task.task_name,
-            task.uuid,
-            outcome.status,
-            duration,
-            extra={
-                "action": "task_finished",
-                "task_uuid": str(task.uuid),
-                "task_name": task.task_name,
-                "queue": task.queue,
-                "status": outcome.status,
-                "attempt": task.attempt,
-                "duration": duration,
-            },
-        )
+            except DatabaseError as exc:
+                if len(batch) > 1:  # find the one the database refuses
+                    return [ok for done in batch for ok in self._write([done])]
+                done = batch[0]
+                if done.outcome.error == _unstorable(exc)["error"]:
+                    logger.exception("Task %s: even its error could not be stored", done.task.uuid)
+                    return [False]
+                logger.error(
+                    "Task %s: its outcome was refused by the database: %s",
+                    done.task.uuid,
+                    exc,
+                    extra={"action": "finish_refused"},
+                )
+                failed = Outcome(status=TaskStatus.ERROR, **_unstorable(exc))
+                return self._write([_Done(done.task, failed, done.duration)])
+
+
+def _unstorable(exc: BaseException) -> dict[str, Any]:
+    message = f"The task's outcome could not be stored: {exc}"
+    return {
+        "error": {"type": "django_qtasks.OutcomeNotStored", "message": message},
+        "traceback": message,
+    }
+
+
+class _Done(NamedTuple):
+    task: Task
+    outcome: Outcome
+    duration: float

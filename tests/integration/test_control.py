@@ -88,3 +88,24 @@ def test_resolvers_answer_only_for_their_prefix_and_only_what_they_know():
         registry.get("ext:os.system")
     with pytest.raises(TaskNotRegistered):
         registry.get("other:add")
+
+
+def test_retry_refuses_to_break_a_unique_key(run_worker):
+    from django_qtasks.exceptions import TaskConflict
+
+    first = tasks.record.add_task("u", unique_key="only-one")
+    app.cancel(first.uuid)
+    tasks.record.add_task("u2", unique_key="only-one")  # the key is free again, and taken
+    with pytest.raises(TaskConflict, match="unique_key"):
+        app.retry(first.uuid)
+    assert app.get(first.uuid).status == "cancel"
+
+
+def test_expired_worker_rows_are_purged():
+    from django_qtasks.storage import WORKERS
+
+    config = app.broker.storage.global_config
+    config.set(WORKERS, "gone", {}, ttl=-1)
+    config.set(WORKERS, "here", {}, ttl=60)
+    assert app.broker.forget_dead_workers() == 1
+    assert set(config.items(WORKERS)) == {"here"}

@@ -292,3 +292,23 @@ def test_a_connection_dropped_before_the_result_is_saved_is_mended(run_worker):
     assert run_worker(concurrency=1) == 0
     assert (finished(task).status, finished(task).returning) == ("success", "dropped")
     assert finished(after).returning == 4
+
+
+@pytest.mark.postgres
+def test_an_outcome_the_database_refuses_ends_error_instead_of_retrying_forever(run_worker):
+    task = tasks.nul_result.add_task()
+    after = tasks.add.add_task(1, 2)
+    assert run_worker(concurrency=1) == 0
+    done = finished(task)
+    assert done.status == "error"
+    assert done.errors[-1]["type"] == "django_qtasks.OutcomeNotStored"
+    assert finished(after).returning == 3
+
+
+def test_a_task_raising_keyboard_interrupt_does_not_kill_its_thread(run_worker):
+    definition = app.task(name="tests.kbd")(lambda: (_ for _ in ()).throw(KeyboardInterrupt))
+    task = definition.add_task()
+    after = tasks.add.add_task(2, 2)
+    assert run_worker(concurrency=1) == 0
+    assert finished(task).errors[0]["type"] == "builtins.KeyboardInterrupt"
+    assert finished(after).returning == 4

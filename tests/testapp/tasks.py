@@ -216,3 +216,8 @@ def drop_my_connection() -> str:
 @app.task(name="tests.length")
 def length(text: str) -> int:
     return len(text)
+
+
+@app.task(name="tests.nul_result")
+def nul_result() -> str:
+    return "a\u0000b"  # PostgreSQL's jsonb refuses NUL characters
