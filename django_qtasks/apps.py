@@ -16,4 +16,11 @@ class QTasksConfig(AppConfig):
         from .settings import get_settings
 
         get_settings()  # a wrong QTASKS fails at start-up, naming the key
+        try:
+            from .backends import install
+        except ImportError as exc:  # Django 5.2 without the django-tasks backport
+            if exc.name != "django_tasks":
+                raise
+        else:
+            install()  # workers run rows enqueued through django.tasks
         autodiscover_modules("tasks")

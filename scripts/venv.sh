@@ -31,6 +31,7 @@ if [ "$dir" = ".venv-lts" ]; then
   # The LTS line runs on the oldest Python we support that is here, to cover both ends.
   py=$(pick 10 13 3.10 3.11 3.12 3.13) || { echo "No Python 3.10+ found" >&2; exit 1; }
   django='Django>=5.2,<5.3'
+  extras='dev,tasks'  # the django-tasks backport: the django.tasks backend is tested on 5.2 too
 else
   if py=$(pick 12 14 3.14 3.13 3.12); then django='Django>=6.0,<7'; else
     py=$(pick 10 11 3.11 3.10) || { echo "No Python 3.10+ found" >&2; exit 1; }
@@ -38,11 +39,13 @@ else
   fi
 fi
 
+extras=${extras:-dev}
+
 stamp="$dir/.installed"
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/venv.sh ]; then exit 0; fi
 echo "Creating $dir with $("$py" --version) and $django" >&2
 [ -x "$dir/bin/python" ] || "$py" -m venv "$dir"
 "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-"$dir/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[dev]" "$django" 2>&1 | grep -v '^WARNING: Location' || true
+"$dir/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[$extras]" "$django" 2>&1 | grep -v '^WARNING: Location' || true
 "$dir/bin/python" -c "import django, django_qtasks; print('Django', django.get_version())" >&2
 touch "$stamp"

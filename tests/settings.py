@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
 
+import django
 import environ
 
 BASE_DIR = Path(__file__).resolve().parent
@@ -41,6 +43,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.staticfiles",  # the browser tests load the admin's CSS and JS
     "django_qtasks",
     "tests.testapp",
 ]
@@ -65,4 +68,23 @@ TEMPLATES = [
     }
 ]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+STATIC_URL = "/static/"
 QTASKS = {"POLL_INTERVAL": 0.05, "RESULT_POLL_INTERVAL": 0.02, "DEFAULT_RETRY_BACKOFF": 0}
+
+# Django's Tasks framework: built in from Django 6.0, the django-tasks backport on 5.2.
+# Without either, tests/djangotasks skips itself.
+TASKS_FRAMEWORK = (
+    "django.tasks"
+    if django.VERSION >= (6, 0)
+    else ("django_tasks" if find_spec("django_tasks") else None)
+)
+if TASKS_FRAMEWORK is not None:
+    if TASKS_FRAMEWORK == "django_tasks":
+        INSTALLED_APPS.append("django_tasks")
+    INSTALLED_APPS.append("tests.djangotasks.taskapp")
+    TASKS = {
+        "default": {
+            "BACKEND": "django_qtasks.backends.QTasksBackend",
+            "QUEUES": ["default", "other"],
+        }
+    }
