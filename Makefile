@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DOCS_SITE := $(or $(TMPDIR),/tmp)/qtasks-docs-site
 
-.PHONY: run test check test-sqlite test-postgres test-lts docs chaos venv clean
+.PHONY: run test check browser test-sqlite test-postgres test-lts docs chaos venv clean
 
 venv:
 	@scripts/venv.sh $(VENV)
@@ -24,17 +24,21 @@ check: venv
 	$(PY) -m django makemigrations --check --dry-run --settings tests.settings
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir $(DOCS_SITE)
 
-test-sqlite: venv
+## make browser: Debian's Chromium for the browser tests (Playwright drives it; no downloads).
+browser:
+	@scripts/ensure-browser.sh
+
+test-sqlite: venv browser
 	DATABASE_URL= $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-postgres: venv
 	@test -n "$$DATABASE_URL" || { echo "DATABASE_URL is not set" >&2; exit 2; }
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not browser" $(PYTEST_ARGS)
 
 test-lts:
 	@scripts/venv.sh .venv-lts
 	@test -n "$$DATABASE_URL" || { echo "DATABASE_URL is not set" >&2; exit 2; }
-	.venv-lts/bin/pytest $(PYTEST_ARGS)
+	.venv-lts/bin/pytest -m "not browser" $(PYTEST_ARGS)
 
 docs: venv
 	$(VENV)/bin/mkdocs serve
