@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_URL, fresh_database, setup_django, start_worker  # noqa: E402
+from bench.common import DEFAULT_URL, fresh_database, setup_django, start_worker
 
 
 def main() -> None:

@@ -7,13 +7,16 @@ every database, and a wake-up channel where the database has one.
 from __future__ import annotations
 
 import threading
+import time
 import uuid as uuid_lib
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from django.db import connections
 from django.utils import timezone
 
+from .listener import Listener
 from .settings import QTasksSettings
 from .signals import component_started, component_stopped
 from .storage import QUEUES, WORKERS, BaseStorage
@@ -42,6 +45,10 @@ class BaseBroker(ABC):
         """Store a new task; see :meth:`BaseStorage.add`."""
 
     @abstractmethod
+    def add_many(self, specs: Sequence[TaskSpec]) -> list[Task]:
+        """Store many new tasks at once; see :meth:`BaseStorage.add_many`."""
+
+    @abstractmethod
     def get(self, uuid: uuid_lib.UUID | str) -> Task | None: ...
 
     @abstractmethod
@@ -61,8 +68,14 @@ class BaseBroker(ABC):
         return self.finish_many([(task, outcome)])[0]
 
     @abstractmethod
-    def wait_for_work(self, timeout: float, stop: threading.Event) -> None:
-        """Return when work may be ready, after ``timeout`` at the latest, or on ``stop``."""
+    def wait_for_work(
+        self,
+        timeout: float,
+        stop: threading.Event,
+        queues: Collection[str] | None = None,
+    ) -> None:
+        """Return when work may be ready in ``queues``, after ``timeout`` at the latest,
+        or on ``stop``."""
 
     # Shared by every Broker: they only pass through to Storage and GlobalConfig.
     def set_progress(self, uuid: uuid_lib.UUID, progress: dict[str, Any]) -> None:
@@ -118,6 +131,9 @@ class DjangoBroker(BaseBroker):
     def add(self, spec: TaskSpec) -> tuple[Task, bool]:
         return self.storage.add(spec)
 
+    def add_many(self, specs: Sequence[TaskSpec]) -> list[Task]:
+        return self.storage.add_many(specs)
+
     def get(self, uuid: uuid_lib.UUID | str) -> Task | None:
         return self.storage.get(uuid)
 
@@ -134,5 +150,47 @@ class DjangoBroker(BaseBroker):
     def finish_many(self, items: Sequence[tuple[Task, Outcome]]) -> list[bool]:
         return self.storage.finish_many(items)
 
-    def wait_for_work(self, timeout: float, stop: threading.Event) -> None:
-        stop.wait(timeout)
+    def __init__(self, settings: QTasksSettings, storage: BaseStorage) -> None:
+        super().__init__(settings, storage)
+        self._listeners = threading.local()
+
+    def wait_for_work(
+        self,
+        timeout: float,
+        stop: threading.Event,
+        queues: Collection[str] | None = None,
+    ) -> None:
+        """Sleep until a task is enqueued (PostgreSQL: LISTEN), ``timeout`` passes, or
+        ``stop`` is set; in slices, so a stop is seen within a quarter second."""
+        listener = self._listener()
+        if listener is None:
+            stop.wait(timeout)
+            return
+        deadline = time.monotonic() + timeout
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            woken = listener.wait(min(remaining, 0.25), queues)
+            if woken:
+                return
+            if woken is None:
+                stop.wait(remaining)
+                return
+
+    def _listener(self) -> Listener | None:
+        """This thread's listener, when the database can notify and it is wanted."""
+        if not self.settings.listen_notify:
+            return None
+        if connections[self.settings.database].vendor != "postgresql":
+            return None
+        listener: Listener | None = getattr(self._listeners, "listener", None)
+        if listener is None:
+            listener = self._listeners.listener = Listener(self.settings.database)
+        return listener
+
+    def stop(self) -> None:
+        listener = getattr(self._listeners, "listener", None)
+        if listener is not None:
+            listener.close()
+        super().stop()

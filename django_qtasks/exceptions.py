@@ -66,6 +66,14 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
     return {"type": f"{cls.__module__}.{cls.__qualname__}", "message": str(exc)}
 
 
+class WorkerLost(QTasksError):
+    """Recorded (never raised) when a task's worker died or left before it finished."""
+
+
+class OutcomeNotStored(QTasksError):
+    """Recorded (never raised) when the database refused a task's outcome for good."""
+
+
 class TaskConflict(QTasksError):
     """The change would give two waiting or running tasks the same ``unique_key``."""
 

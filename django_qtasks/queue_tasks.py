@@ -11,7 +11,7 @@ import asyncio
 import threading
 import time
 import uuid as uuid_lib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 from asgiref.sync import sync_to_async
@@ -38,6 +38,7 @@ from .task import (
     RunAfter,
     SyncTask,
     Task,
+    TaskCls,
     TaskOptions,
     TaskSpec,
     check_json,
@@ -251,6 +252,37 @@ class BaseQueueTasks:
         )
         return self.sync_add_spec(spec, timeout=timeout)
 
+    def sync_add_tasks(
+        self,
+        calls: Iterable[TaskCls | tuple[str, Sequence[Any], dict[str, Any]]],
+        *,
+        priority: int | None = None,
+        queue: str | None = None,
+        run_after: RunAfter = None,
+    ) -> list[Task]:
+        """Enqueue many tasks in one go (one transaction, few statements): pending calls
+        (``send(1)``) or ``(task_name, args, kwargs)`` tuples. All are validated before
+        anything is written; all are stored or none."""
+        specs = []
+        for call in calls:
+            args: Sequence[Any]
+            if isinstance(call, TaskCls):
+                name, args, kwargs = call.task.name, call.args, call.kwargs
+            else:
+                name, args, kwargs = call
+            specs.append(
+                self.build_spec(
+                    name, args, kwargs, priority=priority, queue=queue, run_after=run_after
+                )
+            )
+        if not specs:
+            return []
+        tasks = self.broker.add_many(specs)
+        if signals.task_enqueued.has_listeners(type(self)):
+            for task in tasks:
+                signals.task_enqueued.send(sender=type(self), task=task)
+        return tasks
+
     def sync_get(self, uuid: uuid_lib.UUID | str) -> Task | None:
         return self.broker.get(uuid)
 
@@ -453,6 +485,7 @@ class QueueTasks(BaseQueueTasks):
         return self.sync_add_spec(spec, timeout=timeout)
 
     add_task = BaseQueueTasks.sync_add_task
+    add_tasks = BaseQueueTasks.sync_add_tasks
     get = BaseQueueTasks.sync_get
     cancel = BaseQueueTasks.sync_cancel
 
@@ -480,6 +513,9 @@ class AsyncQueueTasks(BaseQueueTasks):
 
     async def add_task(self, task_name: str, *args: Any, **kwargs: Any) -> Task:
         return await sync_to_async(self.sync_add_task)(task_name, *args, **kwargs)
+
+    async def add_tasks(self, calls: Iterable[Any], **options: Any) -> list[Task]:
+        return await sync_to_async(self.sync_add_tasks)(list(calls), **options)
 
     async def get(self, uuid: uuid_lib.UUID | str) -> Task | None:
         return await sync_to_async(self.sync_get)(uuid)

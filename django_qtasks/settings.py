@@ -40,6 +40,7 @@ class QTasksSettings:
     grace: float = 30.0
     result_poll_interval: float = 0.2
     max_args_size: int | None = 1_048_576
+    listen_notify: bool = True
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 30.0
     rescue_interval: float = 15.0
@@ -110,6 +111,9 @@ def _validate(key: str, value: Any) -> Any:
             isinstance(value, int) and not isinstance(value, bool) and value >= low,
             f"an integer >= {low}",
         )
+        return value
+    if name == "listen_notify":
+        _check(key, value, isinstance(value, bool), "True or False")
         return value
     if name in {"default_max_time", "max_args_size"} and value is None:
         return None

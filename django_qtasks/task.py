@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
@@ -260,6 +260,23 @@ class SyncTask(BaseTask["QueueTasks"]):
             args, kwargs, priority=priority, queue=queue, run_after=run_after, unique_key=unique_key
         )
         return self.app.sync_add_spec(spec, timeout=timeout)
+
+    def add_tasks(
+        self,
+        arguments: Iterable[Sequence[Any]],
+        *,
+        priority: int | None = None,
+        queue: str | None = None,
+        run_after: RunAfter = None,
+    ) -> list[Task]:
+        """Enqueue this task once per argument tuple, in one go: ``send.add_tasks([(1,),
+        (2,)])``. For keyword arguments, pass pending calls to ``app.add_tasks``."""
+        return self.app.sync_add_tasks(
+            [TaskCls(self, tuple(args), {}) for args in arguments],
+            priority=priority,
+            queue=queue,
+            run_after=run_after,
+        )
 
 
 class AsyncTask(BaseTask["AsyncQueueTasks"]):

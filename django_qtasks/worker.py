@@ -40,6 +40,7 @@ logger = logging.getLogger("django_qtasks.worker")
 
 MAX_DB_BACKOFF = 30.0
 MAX_COMPLETION_BATCH = 500
+CLAIM_LINGER = 0.002  # seconds a busy worker waits for more free threads before claiming
 IDLE_PING_AFTER = 1.0  # seconds a thread's connection may idle before a task pings it
 
 
@@ -93,7 +94,10 @@ class ThreadWorker(BaseWorker):
             target=self._completer_main, name="qtasks-completer", daemon=True
         )
         self._threads: list[threading.Thread] = []
+        # Held by this worker until their outcome is stored (cancel relays, shutdown).
         self._running: dict[uuid_lib.UUID, TaskContext | None] = {}
+        # Claimed and not yet done executing: what the threads are busy with.
+        self._executing = 0
         self._changed = threading.Condition()
         settings = app.settings
         self.default_executor: BaseTaskExecutor = import_component(
@@ -165,6 +169,9 @@ class ThreadWorker(BaseWorker):
             free = self.claim_limit(free, stop)
             if free == 0:
                 continue
+            # Burst mode may end only if nothing was held *before* this claim: an outcome
+            # stored after it (a retry, say) would otherwise be left behind.
+            idle_before = not self.in_flight
             try:
                 if failures:
                     self._reclaim_orphans()
@@ -185,17 +192,18 @@ class ThreadWorker(BaseWorker):
             if claimed:
                 self.on_claimed(claimed)
                 with self._changed:
+                    self._executing += len(claimed)
                     for task in claimed:
                         self._running[task.uuid] = None
                 for task in claimed:
                     self._inbox.put(task)
                 continue
             if self.burst:
-                if not self.in_flight:
+                if idle_before:
                     return
                 self._wait_for_change(stop)
                 continue
-            broker.wait_for_work(self.poll_interval, stop)
+            broker.wait_for_work(self.poll_interval, stop, self.queues)
 
     def _set_paused(self, queues: set[str]) -> None:
         if queues != self.paused:
@@ -222,11 +230,21 @@ class ThreadWorker(BaseWorker):
             known = set(self._running)
         self.app.broker.rescue(self.worker_id, crashed=False, keep=known)
 
+    def _free_slots(self) -> int:
+        """Threads free to run a task now; none while too many outcomes wait to be
+        stored (a slow database must slow the claims, not grow a backlog)."""
+        if len(self._running) >= 2 * self.concurrency:
+            return 0
+        return max(0, self.concurrency - self._executing)
+
     def _wait_for_free_slot(self, stop: threading.Event) -> int:
         with self._changed:
-            while len(self._running) >= self.concurrency and not stop.is_set():
+            while not self._free_slots() and not stop.is_set():
                 self._changed.wait(0.5)
-            return max(0, self.concurrency - len(self._running))
+            if self._executing and self._free_slots() < self.concurrency // 2:
+                # Busy: linger a moment so that one claim fills several threads.
+                self._changed.wait(CLAIM_LINGER)
+            return self._free_slots()
 
     def _wait_for_change(self, stop: threading.Event) -> None:
         with self._changed:
@@ -295,6 +313,8 @@ class ThreadWorker(BaseWorker):
                 except BaseException:
                     # process() handles everything a task can do; this is our own bug.
                     logger.exception("Processing task %s failed", task.uuid)
+                    with self._changed:
+                        self._executing -= 1
                     self._release(task)
                 finally:
                     close_if_broken(alias)
@@ -322,7 +342,7 @@ class ThreadWorker(BaseWorker):
                 task.task_name,
                 extra={"action": "unknown_task", "task_uuid": str(task.uuid)},
             )
-            self._completed.put(_Done(task, outcome, 0.0))
+            self._executed(_Done(task, outcome, 0.0))
             return
         ctx = TaskContext(definition, task, timekeeper=self.timekeeper)
         with self._changed:
@@ -334,7 +354,14 @@ class ThreadWorker(BaseWorker):
         signals.task_started.send(sender=type(self.app), task=task)
         started = time.monotonic()
         outcome = executor.execute(definition, task, ctx)
-        self._completed.put(_Done(task, outcome, time.monotonic() - started))
+        self._executed(_Done(task, outcome, time.monotonic() - started))
+
+    def _executed(self, done: _Done) -> None:
+        """The thread is free again; the outcome goes to the completer."""
+        self._completed.put(done)
+        with self._changed:
+            self._executing -= 1
+            self._changed.notify_all()
 
     def _executor(self, definition: BaseTask[Any]) -> BaseTaskExecutor:
         cls = definition.options.executor
@@ -449,7 +476,7 @@ class ThreadWorker(BaseWorker):
 def _unstorable(exc: BaseException) -> dict[str, Any]:
     message = f"The task's outcome could not be stored: {exc}"
     return {
-        "error": {"type": "django_qtasks.OutcomeNotStored", "message": message},
+        "error": {"type": "django_qtasks.exceptions.OutcomeNotStored", "message": message},
         "traceback": message,
     }
 

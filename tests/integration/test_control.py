@@ -109,3 +109,34 @@ def test_expired_worker_rows_are_purged():
     config.set(WORKERS, "here", {}, ttl=60)
     assert app.broker.forget_dead_workers() == 1
     assert set(config.items(WORKERS)) == {"here"}
+
+
+@pytest.mark.postgres
+def test_an_idle_worker_wakes_on_enqueue_not_on_its_next_poll():
+    import threading
+    import time
+
+    with override_settings(QTASKS={"POLL_INTERVAL": 30}):
+        starter = app.build_starter(concurrency=1)
+        thread = threading.Thread(target=starter.run, kwargs={"install_signals": False})
+        thread.start()
+        try:
+            wait_until(lambda: app.live_workers(), message="the worker")
+            # Its first claim found nothing: it is now asleep for up to 30 s.
+            wait_until(lambda: starter.worker.in_flight == 0)
+            enqueued = time.monotonic()
+            task = tasks.add.add_task(1, 2)
+            wait_until(lambda: app.get(task.uuid).status == "success", timeout=10)
+            assert time.monotonic() - enqueued < 5
+            delayed = tasks.add.add_task(2, 2, run_after=60)  # not ready: no wake-up needed
+            assert app.get(delayed.uuid).status == "new"
+        finally:
+            starter.request_stop()
+            thread.join(timeout=30)
+        assert not thread.is_alive()
+
+
+@pytest.mark.postgres
+def test_no_listening_when_turned_off():
+    with override_settings(QTASKS={"LISTEN_NOTIFY": False}):
+        assert app.broker._listener() is None

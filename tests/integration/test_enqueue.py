@@ -199,3 +199,26 @@ def test_arguments_over_the_size_limit_are_refused():
     with override_settings(QTASKS={"MAX_ARGS_SIZE": None}):
         tasks.record.add_task("x" * 2_000_000)
     assert TaskRecord.objects.count() == 1
+
+
+def test_add_tasks_stores_many_in_one_go():
+    made = app.add_tasks(
+        [tasks.add(1, 2), tasks.add(a=3, b=4), ("tests.record", ["k"], {})], priority=5
+    )
+    assert [t.args for t in made] == [[1, 2], [], ["k"]]
+    assert [t.kwargs for t in made] == [{}, {"a": 3, "b": 4}, {}]
+    stored = {r.uuid: r for r in TaskRecord.objects.all()}
+    assert set(stored) == {t.uuid for t in made}
+    assert {r.priority for r in stored.values()} == {5}
+    assert all(app.get(t.uuid) == t for t in made)
+
+
+def test_task_add_tasks_takes_argument_tuples():
+    made = tasks.add.add_tasks([(i, i) for i in range(1200)], queue="bulk")  # > one chunk
+    assert len(made) == TaskRecord.objects.filter(queue="bulk").count() == 1200
+
+
+def test_add_tasks_validates_everything_before_writing():
+    with pytest.raises(TypeError, match="positional argument 0"):
+        app.add_tasks([tasks.add(1, 2), tasks.add(object(), 1)])
+    assert not TaskRecord.objects.exists()

@@ -301,7 +301,7 @@ def test_an_outcome_the_database_refuses_ends_error_instead_of_retrying_forever(
     assert run_worker(concurrency=1) == 0
     done = finished(task)
     assert done.status == "error"
-    assert done.errors[-1]["type"] == "django_qtasks.OutcomeNotStored"
+    assert done.errors[-1]["type"] == "django_qtasks.exceptions.OutcomeNotStored"
     assert finished(after).returning == 3
 
 
