@@ -3,6 +3,8 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 DOCS_SITE := $(or $(TMPDIR),/tmp)/qtasks-docs-site
+# Tests run in two processes (pytest-xdist): most of them wait on real workers.
+PYTEST := pytest -n $(or $(PYTEST_PROCESSES),2)
 
 .PHONY: run test check browser test-sqlite test-postgres test-lts docs chaos venv clean
 
@@ -29,16 +31,16 @@ browser:
 	@scripts/ensure-browser.sh
 
 test-sqlite: venv browser
-	DATABASE_URL= $(VENV)/bin/pytest $(PYTEST_ARGS)
+	DATABASE_URL= $(VENV)/bin/$(PYTEST) $(PYTEST_ARGS)
 
 test-postgres: venv
 	@test -n "$$DATABASE_URL" || { echo "DATABASE_URL is not set" >&2; exit 2; }
-	$(VENV)/bin/pytest -m "not browser" $(PYTEST_ARGS)
+	$(VENV)/bin/$(PYTEST) -m "not browser" $(PYTEST_ARGS)
 
 test-lts:
 	@scripts/venv.sh .venv-lts
 	@test -n "$$DATABASE_URL" || { echo "DATABASE_URL is not set" >&2; exit 2; }
-	.venv-lts/bin/pytest -m "not browser" $(PYTEST_ARGS)
+	.venv-lts/bin/$(PYTEST) -m "not browser" $(PYTEST_ARGS)
 
 docs: venv
 	$(VENV)/bin/mkdocs serve

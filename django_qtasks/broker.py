@@ -6,6 +6,7 @@ every database, and a wake-up channel where the database has one.
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 import uuid as uuid_lib
@@ -17,9 +18,10 @@ from django.db import connections
 from django.utils import timezone
 
 from .listener import Listener
+from .models import FINISHED_STATUSES
 from .settings import QTasksSettings
 from .signals import component_started, component_stopped
-from .storage import QUEUES, WORKERS, BaseStorage
+from .storage import QUEUES, WORKERS, BaseStorage, LastRun
 from .task import Outcome, Task, TaskSpec
 
 
@@ -59,7 +61,9 @@ class BaseBroker(ABC):
         limit: int,
         *,
         exclude: Collection[str] = (),
-    ) -> list[Task]: ...
+        uuids: Collection[uuid_lib.UUID] | None = None,
+    ) -> list[Task]:
+        """Claim ready tasks for ``worker_id``; see :meth:`BaseStorage.claim`."""
 
     @abstractmethod
     def finish_many(self, items: Sequence[tuple[Task, Outcome]]) -> list[bool]: ...
@@ -124,6 +128,31 @@ class BaseBroker(ABC):
         items = self.storage.global_config.items(QUEUES)
         return {queue for queue, value in items.items() if (value or {}).get("paused")}
 
+    # Schedules and retention: Storage does the work (docs/periodic-tasks.md, retention.md).
+    def add_scheduled(
+        self, schedule: str, tick: dt.datetime, spec: TaskSpec, worker_id: str = ""
+    ) -> Task | None:
+        return self.storage.add_scheduled(schedule, tick, spec, worker_id)
+
+    def last_schedule_runs(self, names: Collection[str]) -> dict[str, LastRun]:
+        return self.storage.last_schedule_runs(names)
+
+    def prune(
+        self,
+        before: dt.datetime,
+        statuses: Collection[str] = FINISHED_STATUSES,
+        limit: int = 1000,
+    ) -> int:
+        return self.storage.prune(before, statuses, limit)
+
+    def count_prunable(
+        self, before: dt.datetime, statuses: Collection[str] = FINISHED_STATUSES
+    ) -> int:
+        return self.storage.count_prunable(before, statuses)
+
+    def prune_schedule_runs(self, before: dt.datetime, limit: int = 1000) -> int:
+        return self.storage.prune_schedule_runs(before, limit)
+
 
 class DjangoBroker(BaseBroker):
     """The Broker for the Django ORM storage: claims through Storage, polls for work."""
@@ -144,8 +173,9 @@ class DjangoBroker(BaseBroker):
         limit: int,
         *,
         exclude: Collection[str] = (),
+        uuids: Collection[uuid_lib.UUID] | None = None,
     ) -> list[Task]:
-        return self.storage.claim(worker_id, queues, limit, exclude=exclude)
+        return self.storage.claim(worker_id, queues, limit, exclude=exclude, uuids=uuids)
 
     def finish_many(self, items: Sequence[tuple[Task, Outcome]]) -> list[bool]:
         return self.storage.finish_many(items)

@@ -406,6 +406,58 @@ def workers(now: dt.datetime | None = None, worker_id: str | None = None) -> lis
     ]
 
 
+# -- schedules (periodic tasks) --------------------------------------------------------------
+@dataclass(frozen=True)
+class ScheduleRow:
+    """One schedule: what it runs, when it last ran (and how that ended), when next."""
+
+    name: str
+    task_name: str
+    cron: str
+    tz: str
+    last_tick: dt.datetime | None
+    last_task: Any  # the last tick's task uuid, or None
+    last_status: str | None  # None: no task (pruned, or never ran)
+    next_tick: dt.datetime
+
+
+def schedules(now: dt.datetime | None = None) -> tuple[list[ScheduleRow], str]:
+    """The project's schedules with their last and next runs (one query for the last
+    ticks, one for their tasks' statuses; none without schedules), and the error that
+    would stop the scheduler, if any."""
+    from . import app
+    from .exceptions import ConfigurationError
+    from .scheduler import collect_schedules
+
+    now = now or timezone.now()
+    try:
+        found = collect_schedules(app)
+    except ConfigurationError as exc:
+        return [], str(exc)
+    if not found:
+        return [], ""
+    last = app.broker.last_schedule_runs([s.name for s in found])
+    uuids = [run.task_uuid for run in last.values() if run.task_uuid is not None]
+    statuses = dict(_records().filter(uuid__in=uuids).values_list("uuid", "status"))
+    rows = []
+    for schedule in found:
+        run = last.get(schedule.name)
+        task = run.task_uuid if run else None
+        rows.append(
+            ScheduleRow(
+                name=schedule.name,
+                task_name=schedule.task_name,
+                cron=schedule.cron,
+                tz=schedule.tz,
+                last_tick=run.tick if run else None,
+                last_task=task,
+                last_status=statuses.get(task) if task else None,
+                next_tick=schedule.next_after(now),
+            )
+        )
+    return rows, ""
+
+
 # -- the views -----------------------------------------------------------------------------
 def _can_pause(request: HttpRequest, model_admin: ModelAdmin[Any]) -> bool:
     config_admin = model_admin.admin_site.get_model_admin(ConfigEntry)
@@ -417,6 +469,7 @@ def live_context(request: HttpRequest, model_admin: ModelAdmin[Any]) -> dict[str
     Workers and Queues sections)."""
     now = timezone.now()
     queues, queues_capped = queue_stats(now)
+    schedule_rows, schedules_error = schedules(now)
     return {
         "now": now,
         "counts": status_counts(),
@@ -424,6 +477,8 @@ def live_context(request: HttpRequest, model_admin: ModelAdmin[Any]) -> dict[str
         "queues_capped": queues_capped,
         "throughput": throughput(now),
         "workers": workers(now),
+        "schedules": schedule_rows,
+        "schedules_error": schedules_error,
         "can_pause": _can_pause(request, model_admin),
         "scan_cap": SCAN_CAP,
     }

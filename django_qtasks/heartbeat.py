@@ -1,4 +1,5 @@
-"""The worker's pulse: heartbeats, the rescuer and cancel requests, on their own thread.
+"""The worker's pulse: heartbeats, the rescuer, pruning and cancel requests, on their own
+thread; it also starts and stops the worker's scheduler (periodic tasks).
 
 Task code never runs on this thread, so a busy task cannot make its worker look
 dead; its own database connection means a slow query elsewhere does not delay it.
@@ -6,13 +7,14 @@ dead; its own database connection means a slow query elsewhere does not delay it
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from django.db import DatabaseError, connections
@@ -21,6 +23,9 @@ from django.utils import timezone
 from .broker import BaseBroker
 from .db import reset_connection
 from .settings import QTasksSettings
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
 
 logger = logging.getLogger("django_qtasks.heartbeat")
 
@@ -38,6 +43,7 @@ class Heartbeat:
         running: Callable[[], int],
         on_cancel: Callable[[set[UUID]], None],
         on_paused: Callable[[set[str]], None] = lambda queues: None,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self.broker = broker
         self.settings = settings
@@ -51,6 +57,7 @@ class Heartbeat:
         self.running = running
         self.on_cancel = on_cancel
         self.on_paused = on_paused
+        self.scheduler = scheduler  # periodic tasks; on a thread of its own
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="qtasks-heartbeat", daemon=True)
         self._next_rescue = 0.0
@@ -60,8 +67,12 @@ class Heartbeat:
         self.beat()
         self.on_paused(self.broker.paused_queues())
         self._thread.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
 
     def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
         self._stop.set()
         self._thread.join(timeout=5)
 
@@ -82,6 +93,18 @@ class Heartbeat:
             self._next_rescue = now + self.settings.rescue_interval
             self.broker.rescue()
             self.broker.forget_dead_workers()
+            if self.settings.prune_after is not None:
+                self.prune()
+
+    def prune(self) -> int:
+        """``QTASKS["PRUNE_AFTER"]``: one bounded batch of old finished tasks (and of old
+        schedule runs) per rescue pass; see docs/retention.md."""
+        assert self.settings.prune_after is not None
+        before = timezone.now() - dt.timedelta(seconds=self.settings.prune_after)
+        limit = self.settings.prune_batch_size
+        deleted = self.broker.prune(before, limit=limit)
+        self.broker.prune_schedule_runs(before, limit=limit)
+        return deleted
 
     def _run(self) -> None:
         alias = self.settings.database

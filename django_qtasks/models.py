@@ -164,3 +164,37 @@ class ConfigEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}:{self.key}"
+
+
+class ScheduleRun(models.Model):
+    """One tick of a periodic task that was enqueued: ``(schedule, tick)`` is unique.
+
+    The scheduler of every worker tries to insert the row of a due tick in the same
+    transaction as the tick's task; the unique constraint lets exactly one of them in,
+    whatever the number of workers, so each tick is enqueued once. The rows stay (up to
+    pruning) after the task has finished, so a late worker cannot enqueue it again, and
+    the newest row per schedule is its "last run".
+    """
+
+    schedule = models.CharField(max_length=255)
+    tick = models.DateTimeField()
+    task_uuid = models.UUIDField(null=True, blank=True)
+    task_name = models.CharField(max_length=255)
+    enqueued_at = models.DateTimeField()
+    worker_id = models.CharField(max_length=128, blank=True, default="")
+
+    class Meta:
+        verbose_name = _("schedule run")
+        verbose_name_plural = _("schedule runs")
+        ordering = ("-tick",)
+        constraints = [
+            # Also the index for "the newest tick of each schedule" (read backwards).
+            models.UniqueConstraint(fields=["schedule", "tick"], name="qtasks_schedule_tick"),
+        ]
+        indexes = [
+            # Pruning finds old runs by their tick alone.
+            models.Index(fields=["tick"], name="qtasks_schedule_run_tick_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.schedule} @ {self.tick.isoformat()}"

@@ -20,6 +20,7 @@ from django.utils.module_loading import import_string
 
 from . import signals
 from .broker import BaseBroker
+from .cron import CronError, validate_cron, validate_tz
 from .exceptions import (
     InvalidTaskCall,
     ResultTimeout,
@@ -214,17 +215,38 @@ class BaseQueueTasks:
 
     # -- the sync core; the async app wraps these --------------------------------------
     def sync_add_spec(self, spec: TaskSpec, *, timeout: float | None = None) -> Task:
+        """Store a task; in immediate mode also run it (see :meth:`_run_immediately`)."""
+        immediate = self.settings.mode == "immediate"
         if timeout is not None:
-            self._check_can_wait()  # before anything is written
+            self._check_can_wait(immediate=immediate)  # before anything is written
         task, created = self.broker.add(spec)
         if created:
             signals.task_enqueued.send(sender=type(self), task=task)
-        if timeout is not None:
+            if immediate:
+                task = self._run_immediately([task])[0]
+        if timeout is not None and not task.is_finished:
             return self.wait(task.uuid, timeout)
         return task
 
-    def _check_can_wait(self) -> None:
-        if connections[self.settings.database].in_atomic_block:
+    def _run_immediately(self, tasks: list[Task]) -> list[Task]:
+        """``QTASKS["MODE"] = "immediate"``: run the new tasks in this thread through the
+        worker's own code (:mod:`django_qtasks.inline`), at once or, inside the caller's
+        ``transaction.atomic()``, when it commits. Returns them as stored."""
+        from .inline import run_immediately
+
+        return run_immediately(self, tasks)
+
+    def _check_can_wait(self, *, immediate: bool = False) -> None:
+        """Refuse to wait where the task cannot be committed; in immediate mode only the
+        caller's own atomic blocks count (a test case's block never holds a task back)."""
+        alias = self.settings.database
+        if immediate:
+            from .inline import in_callers_atomic
+
+            blocked = in_callers_atomic(alias)
+        else:
+            blocked = connections[alias].in_atomic_block
+        if blocked:
             raise WouldDeadlock(
                 "Waiting for a task inside transaction.atomic() cannot work: the task is not "
                 "committed, so no worker can run it. Wait after the block, or drop timeout=."
@@ -281,6 +303,8 @@ class BaseQueueTasks:
         if signals.task_enqueued.has_listeners(type(self)):
             for task in tasks:
                 signals.task_enqueued.send(sender=type(self), task=task)
+        if self.settings.mode == "immediate":
+            tasks = self._run_immediately(tasks)
         return tasks
 
     def sync_get(self, uuid: uuid_lib.UUID | str) -> Task | None:
@@ -356,6 +380,10 @@ class BaseQueueTasks:
         settings = self.settings
         for queue in queues or ():
             validate_queue(queue, settings.queues)
+        if not burst:
+            from .scheduler import collect_schedules
+
+            collect_schedules(self)  # a bad schedule stops the worker before it starts
         grace = settings.grace if grace is None else grace
         options: dict[str, Any] = {
             "queues": list(queues) if queues else None,
@@ -459,7 +487,26 @@ def _build_options(name: str, options: dict[str, Any]) -> TaskOptions:
         if not (isinstance(executor, type) and issubclass(executor, BaseTaskExecutor)):
             raise TaskRegistrationError(f"executor must be a BaseTaskExecutor subclass ({name}).")
         values["executor"] = executor
+    _check_cron_options(name, values)
     return TaskOptions(name=name, **values)
+
+
+def _check_cron_options(name: str, values: dict[str, Any]) -> None:
+    """``cron=``, ``cron_tz=``, ``cron_catch_up=``: a bad expression or time zone fails
+    at import time, naming the task."""
+    cron, tz = values.get("cron"), values.get("cron_tz")
+    if cron is None:
+        if tz is not None or "cron_catch_up" in values:
+            raise TaskRegistrationError(f"cron_tz and cron_catch_up need cron= ({name}).")
+        return
+    try:
+        values["cron"] = validate_cron(cron)
+        if tz is not None:
+            validate_tz(tz)
+    except CronError as exc:
+        raise TaskRegistrationError(f"Task {name!r}: {exc}.") from None
+    if not isinstance(values.get("cron_catch_up", True), bool):
+        raise TaskRegistrationError(f"cron_catch_up must be True or False ({name}).")
 
 
 class QueueTasks(BaseQueueTasks):

@@ -17,10 +17,29 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
+from .cron import CronError, validate_cron, validate_tz
 from .exceptions import ConfigurationError
 
 QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 PRIORITY_MIN, PRIORITY_MAX = -100, 100
+# "worker": qtasks_worker runs tasks. "immediate": add_task() runs them at once, in the
+# caller's thread (on commit inside transaction.atomic()), for tests; see docs/testing.md.
+MODES = ("worker", "immediate")
+
+
+@dataclass(frozen=True)
+class ScheduleEntry:
+    """One entry of ``QTASKS["SCHEDULE"]``: run ``task`` at every tick of ``cron``."""
+
+    name: str
+    task: str
+    cron: str
+    tz: str | None = None  # None: Django's TIME_ZONE
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    queue: str | None = None
+    priority: int | None = None
+    catch_up: bool = True
 
 
 @dataclass(frozen=True)
@@ -28,6 +47,7 @@ class QTasksSettings:
     """The validated ``settings.QTASKS``; attribute names are the keys in lower case."""
 
     database: str = "default"
+    mode: str = "worker"  # "immediate": add_task() runs the task in the caller's thread
     default_queue: str = "default"
     queues: tuple[str, ...] | None = None
     default_priority: int = 0
@@ -52,6 +72,9 @@ class QTasksSettings:
     broker: str = "django_qtasks.broker.DjangoBroker"
     worker: str = "django_qtasks.worker.ThreadWorker"
     starter: str = "django_qtasks.starter.Starter"
+    schedule: tuple[ScheduleEntry, ...] = ()
+    prune_after: float | None = None
+    prune_batch_size: int = 1000
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -112,6 +135,9 @@ def _validate(key: str, value: Any) -> Any:
             f"an integer >= {low}",
         )
         return value
+    if name == "mode":
+        _check(key, value, value in MODES, " or ".join(repr(mode) for mode in MODES))
+        return value
     if name == "listen_notify":
         _check(key, value, isinstance(value, bool), "True or False")
         return value
@@ -141,11 +167,95 @@ def _validate(key: str, value: Any) -> Any:
         ok = ok and (value > 0 if positive else value >= 0)
         _check(key, value, ok, "a number > 0" if positive else "a number >= 0")
         return float(value)
+    if name == "schedule":
+        return _validate_schedule(key, value)
+    if name == "prune_after":
+        if value is None:
+            return None
+        ok = isinstance(value, _NUMBER) and not isinstance(value, bool) and value > 0
+        _check(key, value, ok, "None or a number of seconds > 0")
+        return float(value)
+    if name == "prune_batch_size":
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        _check(key, value, ok, "an integer >= 1")
+        return value
     if name == "extra":
         _check(key, value, isinstance(value, dict), "a dict")
         return dict(value)
     known = sorted(f.name.upper() for f in fields(QTasksSettings))
     raise ConfigurationError(f"QTASKS has an unknown key {key!r}. Known keys: {', '.join(known)}.")
+
+
+_SCHEDULE_KEYS = {f.name for f in fields(ScheduleEntry)} - {"name"}
+
+
+def _validate_schedule(key: str, value: Any) -> tuple[ScheduleEntry, ...]:
+    """``{"name": {"task": ..., "cron": ..., ...}}`` -> entries; errors name the entry."""
+    _check(key, value, isinstance(value, dict), "a dict of schedule name -> dict")
+    entries = []
+    for name, raw in value.items():
+        where = f"QTASKS[{key!r}][{name!r}]"
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise ConfigurationError(
+                f"QTASKS[{key!r}] keys are schedule names (non-empty strings, at most 200 "
+                f"characters); got {name!r}."
+            )
+        if not isinstance(raw, dict):
+            raise ConfigurationError(f"{where} must be a dict, got {type(raw).__name__}.")
+        unknown = set(raw) - _SCHEDULE_KEYS
+        if unknown:
+            raise ConfigurationError(
+                f"{where} has unknown key(s) {', '.join(sorted(map(repr, unknown)))}. "
+                f"Known: {', '.join(sorted(_SCHEDULE_KEYS))}."
+            )
+        for required in ("task", "cron"):
+            if required not in raw:
+                raise ConfigurationError(f"{where} needs a {required!r}.")
+        task = raw["task"]
+        if not isinstance(task, str) or not task:
+            raise ConfigurationError(f"{where}['task'] must be a task name, got {task!r}.")
+        try:
+            cron = validate_cron(raw["cron"])
+            tz = None if raw.get("tz") is None else validate_tz(raw["tz"])
+        except CronError as exc:
+            raise ConfigurationError(f"{where}: {exc}.") from None
+        args = raw.get("args", [])
+        if not isinstance(args, (list, tuple)):
+            raise ConfigurationError(f"{where}['args'] must be a list, got {args!r}.")
+        kwargs = raw.get("kwargs", {})
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise ConfigurationError(
+                f"{where}['kwargs'] must be a dict with string keys, got {kwargs!r}."
+            )
+        queue = raw.get("queue")
+        if queue is not None and not (isinstance(queue, str) and QUEUE_NAME_RE.match(queue)):
+            raise ConfigurationError(f"{where}['queue'] is not a valid queue name: {queue!r}.")
+        priority = raw.get("priority")
+        if priority is not None and not (
+            isinstance(priority, int)
+            and not isinstance(priority, bool)
+            and PRIORITY_MIN <= priority <= PRIORITY_MAX
+        ):
+            raise ConfigurationError(
+                f"{where}['priority'] must be an integer from -100 to 100, got {priority!r}."
+            )
+        catch_up = raw.get("catch_up", True)
+        if not isinstance(catch_up, bool):
+            raise ConfigurationError(f"{where}['catch_up'] must be True or False.")
+        entries.append(
+            ScheduleEntry(
+                name=name,
+                task=task,
+                cron=cron,
+                tz=tz,
+                args=list(args),
+                kwargs=dict(kwargs),
+                queue=queue,
+                priority=priority,
+                catch_up=catch_up,
+            )
+        )
+    return tuple(entries)
 
 
 def build_settings(raw: Any) -> QTasksSettings:

@@ -9,21 +9,31 @@ claim one task.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import uuid as uuid_lib
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, connections, transaction
-from django.db.models import F
+from django.db.models import F, OuterRef, Subquery
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from .exceptions import ConfigurationError, TaskConflict
 from .global_config import BaseGlobalConfig
-from .models import ACTIVE_STATUSES, ConfigEntry, TaskRecord, TaskStatus, uuid7
+from .models import (
+    ACTIVE_STATUSES,
+    FINISHED_STATUSES,
+    ConfigEntry,
+    ScheduleRun,
+    TaskRecord,
+    TaskStatus,
+    uuid7,
+)
 from .settings import QTasksSettings
 from .signals import component_started, component_stopped
 from .task import Outcome, Task, TaskSpec
@@ -62,6 +72,15 @@ def _insert_fields() -> list[Any]:
 
 
 _NOW = object()  # stands for "the time of the statement" in _update_with_error
+
+
+@dataclass(frozen=True)
+class LastRun:
+    """The newest enqueued tick of a schedule."""
+
+    tick: dt.datetime
+    task_uuid: uuid_lib.UUID | None
+    enqueued_at: dt.datetime
 
 
 class BaseStorage(ABC):
@@ -103,10 +122,15 @@ class BaseStorage(ABC):
         limit: int,
         *,
         exclude: Collection[str] = (),
+        uuids: Collection[uuid_lib.UUID] | None = None,
     ) -> list[Task]:
         """Mark up to ``limit`` ready tasks ``process`` for this worker and return them,
         in claim order (higher priority first, then older ``run_after``). ``queues``
-        limits the queues (``None``: all); ``exclude`` names paused ones."""
+        limits the queues (``None``: all); ``exclude`` names paused ones.
+
+        With ``uuids``, only those tasks are claimed, if they are waiting, whatever their
+        ``run_after``: the in-process runner of :mod:`django_qtasks.testing` runs one
+        given task, and its retries at once."""
 
     @abstractmethod
     def requeue(self, uuid: uuid_lib.UUID | str) -> Task | None:
@@ -149,6 +173,42 @@ class BaseStorage(ABC):
     @abstractmethod
     def cancel_requests(self, worker_id: str) -> set[uuid_lib.UUID]:
         """The running tasks of this worker that someone asked to cancel."""
+
+    # -- schedules and retention (not abstract: a Storage without them has no schedules
+    # and no pruning; see docs/periodic-tasks.md and docs/retention.md) -----------------
+    def add_scheduled(
+        self, schedule: str, tick: dt.datetime, spec: TaskSpec, worker_id: str = ""
+    ) -> Task | None:
+        """Store the task of one tick of a schedule, unless that tick was enqueued before
+        (by any worker, at any time): then store nothing and return ``None``. The
+        database decides, in one transaction, however many workers try at once."""
+        raise NotImplementedError(f"{type(self).__name__} does not support schedules")
+
+    def last_schedule_runs(self, names: Collection[str]) -> dict[str, LastRun]:
+        """The newest enqueued tick of each of these schedules that has one."""
+        raise NotImplementedError(f"{type(self).__name__} does not support schedules")
+
+    def prune(
+        self,
+        before: dt.datetime,
+        statuses: Collection[str] = FINISHED_STATUSES,
+        limit: int = 1000,
+    ) -> int:
+        """Delete at most ``limit`` finished tasks of ``statuses`` that finished before
+        ``before``, in one short statement; return how many. Never a waiting or running
+        task. Call it again until it returns less than ``limit``."""
+        raise NotImplementedError(f"{type(self).__name__} does not support pruning")
+
+    def count_prunable(
+        self, before: dt.datetime, statuses: Collection[str] = FINISHED_STATUSES
+    ) -> int:
+        """How many tasks :meth:`prune` would delete, all batches together."""
+        raise NotImplementedError(f"{type(self).__name__} does not support pruning")
+
+    def prune_schedule_runs(self, before: dt.datetime, limit: int = 1000) -> int:
+        """Delete at most ``limit`` schedule runs whose tick is before ``before``, except
+        each schedule's newest (its "last run", which decides the catch-up)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support pruning")
 
 
 class DjangoStorage(BaseStorage):
@@ -273,18 +333,28 @@ class DjangoStorage(BaseStorage):
         limit: int,
         *,
         exclude: Collection[str] = (),
+        uuids: Collection[uuid_lib.UUID] | None = None,
     ) -> list[Task]:
-        if limit <= 0:
+        if limit <= 0 or (uuids is not None and not uuids):
             return []
         connection = connections[self.alias]
-        table = connection.ops.quote_name(TaskRecord._meta.db_table)
-        now = connection.ops.adapt_datetimefield_value(timezone.now())
+        ops = connection.ops
+        table = ops.quote_name(TaskRecord._meta.db_table)
+        claimed_at = timezone.now()
+        now = ops.adapt_datetimefield_value(claimed_at)
         # The statuses are literals, as in the partial index's condition: SQLite uses a
         # partial index only when the query repeats that condition word for word.
         where = (
             f"status IN ('{TaskStatus.NEW.value}', '{TaskStatus.RETRY.value}') AND run_after <= %s"
         )
         params: list[Any] = [now]
+        if uuids is not None:
+            pk = TaskRecord._meta.pk
+            where = (
+                f"status IN ('{TaskStatus.NEW.value}', '{TaskStatus.RETRY.value}') "
+                f"AND uuid IN ({', '.join(['%s'] * len(uuids))})"
+            )
+            params = [pk.get_db_prep_value(u, connection) for u in uuids]
         if queues:
             where += f" AND queue IN ({', '.join(['%s'] * len(queues))})"
             params.extend(queues)
@@ -296,17 +366,38 @@ class DjangoStorage(BaseStorage):
             if connection.features.has_select_for_update_skip_locked
             else ""
         )
+        postgres = connection.vendor == "postgresql"
+        returned = ", ".join(ops.quote_name(name) for name in _CLAIM_COLUMNS) if postgres else "*"
+        # The batch is picked once, in a MATERIALIZED CTE: a plain `uuid IN (SELECT ...
+        # LIMIT n SKIP LOCKED)` may be run again by some plans, and each run can lock
+        # other rows, claiming more than n.
         sql = (
+            f"WITH picked AS MATERIALIZED (SELECT uuid FROM {table} WHERE {where} "
+            f"ORDER BY priority DESC, run_after, created_at LIMIT %s{lock}) "
             f"UPDATE {table} SET status = %s, worker_id = %s, attempt = attempt + 1, "
             f"started_at = %s, updated_at = %s "
-            f"WHERE uuid IN (SELECT uuid FROM {table} WHERE {where} "
-            f"ORDER BY priority DESC, run_after, created_at LIMIT %s{lock}) "
-            f"RETURNING *"
+            f"WHERE uuid IN (SELECT uuid FROM picked) "
+            f"RETURNING {returned}"
         )
-        all_params = [TaskStatus.PROCESS.value, worker_id, now, now, *params, limit]
-        records = list(self._records().raw(sql, all_params))
-        records.sort(key=lambda r: (-r.priority, r.run_after, r.created_at))
-        return [Task.from_record(r) for r in records]
+        all_params = [*params, limit, TaskStatus.PROCESS.value, worker_id, now, now]
+        if postgres:
+            # The hot path: plain rows into snapshots, no model instances. Django's
+            # psycopg setup hands jsonb over as text, for JSONField to decode.
+            with connection.cursor() as cursor:
+                cursor.execute(sql, all_params)
+                known = {
+                    "status": TaskStatus.PROCESS.value,
+                    "worker_id": worker_id,
+                    "started_at": claimed_at,
+                    "updated_at": claimed_at,
+                    "returning": None,
+                    "finished_at": None,
+                }
+                tasks = [_snapshot_from_pg_row(row, known) for row in cursor.fetchall()]
+        else:
+            tasks = [Task.from_record(r) for r in self._records().raw(sql, all_params)]
+        tasks.sort(key=lambda t: (-t.priority, t.run_after, t.created_at))
+        return tasks
 
     def requeue(self, uuid: uuid_lib.UUID | str) -> Task | None:
         try:
@@ -339,7 +430,8 @@ class DjangoStorage(BaseStorage):
             entry = None
             if outcome.error is not None:
                 entry = json.dumps(
-                    {"attempt": task.attempt, "at": now.isoformat(), **outcome.error,
+                    {"attempt": task.attempt, "at": now.isoformat(), "worker_id": task.worker_id,
+                     **outcome.error,
                      "traceback": outcome.traceback}
                 )  # fmt: skip
             success = outcome.status == TaskStatus.SUCCESS
@@ -451,7 +543,10 @@ class DjangoStorage(BaseStorage):
         now = timezone.now()
         db_now = connection.ops.adapt_datetimefield_value(now)
         build = "jsonb_build_object" if vendor == "postgresql" else "json_object"
-        entry = f"{build}('attempt', attempt, 'at', %s, 'type', %s, 'message', %s, 'traceback', '')"
+        entry = (
+            f"{build}('attempt', attempt, 'at', %s, 'worker_id', worker_id, 'type', %s, "
+            "'message', %s, 'traceback', '')"
+        )
         errors_sql = _errors_plus(vendor, entry)
         sets: list[str] = []
         params: list[Any] = []
@@ -553,6 +648,137 @@ class DjangoStorage(BaseStorage):
             .values_list("uuid", flat=True)
         )
 
+    # -- schedules -------------------------------------------------------------------------
+    def add_scheduled(
+        self, schedule: str, tick: dt.datetime, spec: TaskSpec, worker_id: str = ""
+    ) -> Task | None:
+        connection = connections[self.alias]
+        ops = connection.ops
+        table = ops.quote_name(ScheduleRun._meta.db_table)
+        columns = ", ".join(
+            ops.quote_name(c) for c in ("schedule", "tick", "task_name", "enqueued_at", "worker_id")
+        )
+        conflict = ", ".join(ops.quote_name(c) for c in ("schedule", "tick"))
+        params = [
+            schedule,
+            ops.adapt_datetimefield_value(tick),
+            spec.task_name,
+            ops.adapt_datetimefield_value(timezone.now()),
+            worker_id,
+        ]
+        # The tick's row first: a worker that loses the race does one statement and
+        # inserts no task. On PostgreSQL a concurrent insert of the same tick waits for
+        # the winner's commit and then does nothing; on SQLite the transaction holds
+        # the write lock from its start.
+        with transaction.atomic(using=self.alias), connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) VALUES (%s, %s, %s, %s, %s) "
+                f"ON CONFLICT ({conflict}) DO NOTHING RETURNING id",
+                params,
+            )
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            task = self._insert([spec])[0]
+            task_uuid = ScheduleRun._meta.get_field("task_uuid").get_db_prep_value(
+                task.uuid, connection
+            )
+            cursor.execute(f"UPDATE {table} SET task_uuid = %s WHERE id = %s", [task_uuid, row[0]])
+        return task
+
+    def last_schedule_runs(self, names: Collection[str]) -> dict[str, LastRun]:
+        if not names:
+            return {}
+        runs = ScheduleRun.objects.using(self.alias)
+        newest = runs.filter(schedule=OuterRef("schedule")).order_by("-tick").values("tick")[:1]
+        rows = runs.filter(schedule__in=list(names), tick=Subquery(newest)).values_list(
+            "schedule", "tick", "task_uuid", "enqueued_at"
+        )
+        return {name: LastRun(tick, task_uuid, at) for name, tick, task_uuid, at in rows}
+
+    # -- retention ---------------------------------------------------------------------------
+    def _prune_where(self, before: dt.datetime, statuses: Collection[str]) -> tuple[str, list[Any]]:
+        chosen = [str(status) for status in statuses]
+        if not chosen or not set(chosen) <= set(FINISHED_STATUSES):
+            raise ValueError(
+                f"prune deletes finished tasks only ({', '.join(FINISHED_STATUSES)}); "
+                f"got {', '.join(chosen) or 'none'}."
+            )
+        connection = connections[self.alias]
+        # Through the finished-rows index (finished_at, status): waiting and running rows
+        # have no finished_at, so they are neither read nor locked.
+        where = (
+            f"finished_at IS NOT NULL AND finished_at < %s "
+            f"AND status IN ({', '.join(['%s'] * len(chosen))})"
+        )
+        return where, [connection.ops.adapt_datetimefield_value(before), *chosen]
+
+    def prune(
+        self,
+        before: dt.datetime,
+        statuses: Collection[str] = FINISHED_STATUSES,
+        limit: int = 1000,
+    ) -> int:
+        if limit <= 0:
+            return 0
+        where, params = self._prune_where(before, statuses)
+        connection = connections[self.alias]
+        table = connection.ops.quote_name(TaskRecord._meta.db_table)
+        # Oldest first, in the index's order. SKIP LOCKED: two workers pruning at once
+        # take different rows, and neither waits for the other.
+        lock = (
+            " FOR UPDATE SKIP LOCKED"
+            if connection.features.has_select_for_update_skip_locked
+            else ""
+        )
+        with transaction.atomic(using=self.alias), connection.cursor() as cursor:
+            # A materialized CTE, not ``uuid IN (SELECT ... LIMIT n)``: PostgreSQL may run
+            # such a subquery more than once in one statement, and with SKIP LOCKED each
+            # run can pick other rows, so a "batch" could grow past ``limit``.
+            cursor.execute(
+                f"WITH batch AS MATERIALIZED (SELECT uuid FROM {table} WHERE {where} "
+                f"ORDER BY finished_at LIMIT %s{lock}) "
+                f"DELETE FROM {table} WHERE uuid IN (SELECT uuid FROM batch) RETURNING uuid",
+                [*params, limit],
+            )
+            # Counted from RETURNING: SQLite's driver has no rowcount for WITH statements.
+            deleted = len(cursor.fetchall())
+        if deleted:
+            logger.info(
+                "Pruned %d finished task(s)", deleted, extra={"action": "prune", "count": deleted}
+            )
+        return deleted
+
+    def count_prunable(
+        self, before: dt.datetime, statuses: Collection[str] = FINISHED_STATUSES
+    ) -> int:
+        where, params = self._prune_where(before, statuses)
+        connection = connections[self.alias]
+        table = connection.ops.quote_name(TaskRecord._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT COUNT(*) FROM {table} WHERE {where}", params)
+            row = cursor.fetchone()
+        return int(row[0])
+
+    def prune_schedule_runs(self, before: dt.datetime, limit: int = 1000) -> int:
+        if limit <= 0:
+            return 0
+        connection = connections[self.alias]
+        ops = connection.ops
+        table = ops.quote_name(ScheduleRun._meta.db_table)
+        schedule, tick = ops.quote_name("schedule"), ops.quote_name("tick")
+        with transaction.atomic(using=self.alias), connection.cursor() as cursor:
+            cursor.execute(
+                f"WITH batch AS MATERIALIZED (SELECT r.id FROM {table} r "
+                f"WHERE r.{tick} < %s AND EXISTS (SELECT 1 FROM {table} n "
+                f"WHERE n.{schedule} = r.{schedule} AND n.{tick} > r.{tick}) "
+                f"ORDER BY r.{tick} LIMIT %s) "
+                f"DELETE FROM {table} WHERE id IN (SELECT id FROM batch) RETURNING id",
+                [ops.adapt_datetimefield_value(before), limit],
+            )
+            deleted = len(cursor.fetchall())
+        return deleted
+
 
 def _errors_plus(vendor: str, entry_sql: str) -> str:
     """SQL for the ``errors`` column with one more entry (an SQL JSON object) appended,
@@ -560,6 +786,27 @@ def _errors_plus(vendor: str, entry_sql: str) -> str:
     if vendor == "postgresql":
         return f"errors || jsonb_build_array({entry_sql})"
     return f"json_insert(errors, '$[#]', {entry_sql})"
+
+
+# What a claim reads back on PostgreSQL: the rest of the snapshot is known already
+# (status, worker, times), and every column not read is a value not parsed.
+_CLAIM_COLUMNS = (
+    "uuid", "task_name", "priority", "queue", "args", "kwargs", "traceback", "errors",
+    "attempt", "max_retries", "run_after", "created_at", "unique_key", "cancel_requested",
+    "progress", "tags",
+)  # fmt: skip
+_CLAIM_JSON = tuple(
+    i for i, name in enumerate(_CLAIM_COLUMNS)
+    if name in {"args", "kwargs", "errors", "progress", "tags"}
+)  # fmt: skip
+
+
+def _snapshot_from_pg_row(row: Sequence[Any], known: dict[str, Any]) -> Task:
+    values = list(row)
+    for i in _CLAIM_JSON:
+        if isinstance(values[i], str):  # Django's psycopg setup leaves jsonb as text
+            values[i] = json.loads(values[i])
+    return Task(**dict(zip(_CLAIM_COLUMNS, values, strict=True)), **known)
 
 
 def _as_uuid(value: Any) -> uuid_lib.UUID:

@@ -105,6 +105,10 @@ class TaskOptions:
     middlewares_before: tuple[Any, ...] = ()
     middlewares_after: tuple[Any, ...] = ()
     executor: type[BaseTaskExecutor] | None = None
+    # A periodic task (see docs/periodic-tasks.md): enqueued at every tick of ``cron``.
+    cron: str | None = None
+    cron_tz: str | None = None  # None: Django's TIME_ZONE
+    cron_catch_up: bool = True
 
 
 @dataclass(frozen=True)

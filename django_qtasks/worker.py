@@ -28,6 +28,7 @@ from .exceptions import TaskNotRegistered, describe_exception
 from .executor import BaseTaskExecutor
 from .heartbeat import Heartbeat
 from .models import TaskStatus
+from .scheduler import Scheduler
 from .settings import import_component
 from .task import Outcome, Task
 from .timelimit import Timekeeper
@@ -88,8 +89,9 @@ class ThreadWorker(BaseWorker):
 
     def __init__(self, app: BaseQueueTasks, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
-        self._inbox: queue_lib.Queue[Task | None] = queue_lib.Queue()
-        self._completed: queue_lib.Queue[_Done | None] = queue_lib.Queue()
+        # SimpleQueue: a C queue without a Condition; the hand-offs are on the hot path.
+        self._inbox: queue_lib.SimpleQueue[Task | None] = queue_lib.SimpleQueue()
+        self._completed: queue_lib.SimpleQueue[_Done | None] = queue_lib.SimpleQueue()
         self._completer = threading.Thread(
             target=self._completer_main, name="qtasks-completer", daemon=True
         )
@@ -149,6 +151,9 @@ class ThreadWorker(BaseWorker):
             running=lambda: self.in_flight,
             on_cancel=self.request_cancel,
             on_paused=self._set_paused,
+            # Periodic tasks: every (non-burst) worker runs the scheduler; the database
+            # lets each tick in once. Built first, so a bad schedule fails at start.
+            scheduler=None if self.burst else Scheduler(self.app, worker_id=self.worker_id),
         )
         self.heartbeat.start()
         try:
@@ -357,7 +362,9 @@ class ThreadWorker(BaseWorker):
         self._executed(_Done(task, outcome, time.monotonic() - started))
 
     def _executed(self, done: _Done) -> None:
-        """The thread is free again; the outcome goes to the completer."""
+        """The thread is free again; the outcome goes to the completer. (The
+        :class:`~django_qtasks.inline.InlineWorker` of immediate mode and the test
+        helpers overrides this to ``_store`` at once, in the caller's thread.)"""
         self._completed.put(done)
         with self._changed:
             self._executing -= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from importlib.util import find_spec
 from pathlib import Path
@@ -70,6 +71,9 @@ TEMPLATES = [
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 STATIC_URL = "/static/"
 QTASKS = {"POLL_INTERVAL": 0.05, "RESULT_POLL_INTERVAL": 0.02, "DEFAULT_RETRY_BACKOFF": 0}
+# Worker subprocesses of the periodic-task tests get a schedule of their own (JSON).
+if env.str("QTASKS_TEST_SCHEDULE", default=""):
+    QTASKS["SCHEDULE"] = json.loads(env.str("QTASKS_TEST_SCHEDULE"))
 
 # Django's Tasks framework: built in from Django 6.0, the django-tasks backport on 5.2.
 # Without either, tests/djangotasks skips itself.

@@ -61,14 +61,15 @@ def captured_claim_statement(limit: int) -> tuple[str, list[Any]]:
     seen: list[tuple[str, list[Any]]] = []
 
     def spy(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
-        if sql.lstrip().upper().startswith("UPDATE") and "RETURNING" in sql.upper():
+        statement = sql.lstrip().upper()
+        if statement.startswith(("UPDATE", "WITH")) and "RETURNING" in statement:
             seen.append((sql, list(params)))
         return execute(sql, params, many, context)
 
     with connection.execute_wrapper(spy):
         claimed = claim(limit, worker_id="w-explain")
     assert claimed, "the claim should have found the waiting rows"
-    assert len(seen) == 1, f"expected one UPDATE ... RETURNING claim statement, saw {seen}"
+    assert len(seen) == 1, f"expected one claim statement (UPDATE ... RETURNING), saw {seen}"
     return seen[0]
 
 
@@ -323,3 +324,17 @@ def test_two_threads_claiming_at_once_never_share_a_task_and_take_them_all() -> 
     owners = dict(TaskRecord.objects.values_list("uuid", "worker_id"))
     assert all(owners[u] == wid for wid, uuids in got.items() for u in uuids)
     assert set(TaskRecord.objects.values_list("status", "attempt")) == {("process", 1)}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_never_takes_more_than_its_limit() -> None:
+    """The batch is picked once (a MATERIALIZED CTE): a plan that ran a LIMIT ... SKIP
+    LOCKED subquery again could lock and claim other rows on top."""
+    TaskRecord.objects.bulk_create(waiting_records(300))
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {TaskRecord._meta.db_table}")
+    sizes = []
+    while batch := claim(7, worker_id="w-limit"):
+        sizes.append(len(batch))
+    assert sum(sizes) == 300
+    assert max(sizes) <= 7

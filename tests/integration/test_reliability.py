@@ -43,7 +43,8 @@ def test_tasks_of_a_dead_worker_go_back_to_retry_with_the_reason():
     assert (lost.status, lost.attempt, lost.finished_at) == ("retry", 1, None)
     assert lost.worker_id == "dead-worker"
     assert lost.errors == [{
-        "attempt": 1, "at": lost.errors[0]["at"], "type": "django_qtasks.exceptions.WorkerLost",
+        "attempt": 1, "at": lost.errors[0]["at"], "worker_id": "dead-worker",
+        "type": "django_qtasks.exceptions.WorkerLost",
         "message": "Task lost: its worker stopped sending heartbeats.", "traceback": "",
     }]
     assert lost.run_after <= timezone.now()

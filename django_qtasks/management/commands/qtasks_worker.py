@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from django_qtasks.exceptions import InvalidTaskCall
+from django_qtasks.exceptions import ConfigurationError, InvalidTaskCall
 
 LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
 
@@ -90,7 +90,7 @@ class Command(BaseCommand):
                 max_tasks_per_child=options["max_tasks_per_child"],
                 verbosity=options["verbosity"],
             )
-        except InvalidTaskCall as exc:
+        except (InvalidTaskCall, ConfigurationError) as exc:  # a bad schedule, too
             raise CommandError(str(exc)) from exc
         worker = starter.worker
         logging.getLogger("django_qtasks.worker").info(
