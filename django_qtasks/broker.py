@@ -107,6 +107,11 @@ class BaseBroker(ABC):
     def forget_worker(self, worker_id: str) -> None:
         self.storage.global_config.delete(WORKERS, worker_id)
 
+    def next_run_after(
+        self, queues: Sequence[str] | None, exclude: Collection[str] = ()
+    ) -> dt.datetime | None:
+        return self.storage.next_run_after(queues, exclude)
+
     def live_workers(self) -> dict[str, Any]:
         return self.storage.global_config.items(WORKERS)
 

@@ -132,6 +132,13 @@ class BaseStorage(ABC):
         ``run_after``: the in-process runner of :mod:`django_qtasks.testing` runs one
         given task, and its retries at once."""
 
+    def next_run_after(
+        self, queues: Sequence[str] | None, exclude: Collection[str] = ()
+    ) -> dt.datetime | None:
+        """When the earliest delayed task of these queues becomes ready (``None``: none
+        is waiting), so an idle worker can sleep until then rather than a whole poll."""
+        return None
+
     @abstractmethod
     def requeue(self, uuid: uuid_lib.UUID | str) -> Task | None:
         """Put a failed or cancelled task back to waiting, allowing one more attempt."""
@@ -398,6 +405,21 @@ class DjangoStorage(BaseStorage):
             tasks = [Task.from_record(r) for r in self._records().raw(sql, all_params)]
         tasks.sort(key=lambda t: (-t.priority, t.run_after, t.created_at))
         return tasks
+
+    def next_run_after(
+        self, queues: Sequence[str] | None, exclude: Collection[str] = ()
+    ) -> dt.datetime | None:
+        waiting = self._records().filter(
+            status__in=[TaskStatus.NEW, TaskStatus.RETRY], run_after__gt=timezone.now()
+        )
+        if queues:
+            waiting = waiting.filter(queue__in=queues)
+        if exclude:
+            waiting = waiting.exclude(queue__in=exclude)
+        first: dt.datetime | None = (
+            waiting.order_by("run_after").values_list("run_after", flat=True).first()
+        )
+        return first
 
     def requeue(self, uuid: uuid_lib.UUID | str) -> Task | None:
         try:

@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
+from django.utils import timezone
 
 from . import signals
 from .context import TaskContext
@@ -208,7 +209,7 @@ class ThreadWorker(BaseWorker):
                     return
                 self._wait_for_change(stop)
                 continue
-            broker.wait_for_work(self.poll_interval, stop, self.queues)
+            broker.wait_for_work(self._idle_for(), stop, self.queues)
 
     def _set_paused(self, queues: set[str]) -> None:
         if queues != self.paused:
@@ -234,6 +235,18 @@ class ThreadWorker(BaseWorker):
         with self._changed:
             known = set(self._running)
         self.app.broker.rescue(self.worker_id, crashed=False, keep=known)
+
+    def _idle_for(self) -> float:
+        """How long to sleep with nothing ready: until the earliest delayed task is due,
+        a poll interval at most (new tasks wake the worker sooner, on PostgreSQL)."""
+        try:
+            due = self.app.broker.next_run_after(self.queues, self.paused)
+        except DatabaseError:
+            reset_connection(self.app.settings.database)
+            return self.poll_interval
+        if due is None:
+            return self.poll_interval
+        return max(0.0, min(self.poll_interval, (due - timezone.now()).total_seconds()))
 
     def _free_slots(self) -> int:
         """Threads free to run a task now; none while too many outcomes wait to be

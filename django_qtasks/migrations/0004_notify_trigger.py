@@ -1,8 +1,8 @@
 """PostgreSQL only: wake idle workers on enqueue, and vacuum the queue table often.
 
 A statement-level trigger sends one NOTIFY per INSERT statement (not per row), with
-the queues of the rows that are ready, so bulk enqueues cost one notification and
-workers of other queues stay asleep. The queue table churns (every task is updated
+the queues of the new rows, so bulk enqueues cost one notification and workers of
+other queues stay asleep. The queue table churns (every task is updated
 two or three times), so autovacuum visits it far sooner than the defaults would.
 """
 
@@ -15,9 +15,9 @@ CREATE OR REPLACE FUNCTION django_qtasks_notify() RETURNS trigger LANGUAGE plpgs
 DECLARE
     ready_queues text;
 BEGIN
-    -- A small allowance for clocks: run_after comes from the client's clock.
-    SELECT string_agg(DISTINCT queue, ',') INTO ready_queues
-      FROM new_rows WHERE run_after <= now() + interval '2 seconds';
+    -- Delayed rows too: an idle worker wakes, finds nothing ready, and sleeps until
+    -- the earliest one is due instead of a whole poll interval.
+    SELECT string_agg(DISTINCT queue, ',') INTO ready_queues FROM new_rows;
     IF ready_queues IS NOT NULL THEN
         PERFORM pg_notify('django_qtasks', ready_queues);
     END IF;

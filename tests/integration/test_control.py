@@ -140,3 +140,45 @@ def test_an_idle_worker_wakes_on_enqueue_not_on_its_next_poll():
 def test_no_listening_when_turned_off():
     with override_settings(QTASKS={"LISTEN_NOTIFY": False}):
         assert app.broker._listener() is None
+
+
+def _worker_in_thread(**options):
+    import threading
+
+    starter = app.build_starter(concurrency=1, **options)
+    thread = threading.Thread(target=starter.run, kwargs={"install_signals": False})
+    thread.start()
+    return starter, thread
+
+
+def test_an_idle_worker_sleeps_until_the_earliest_delayed_task_not_a_whole_poll():
+    import time
+
+    with override_settings(QTASKS={"POLL_INTERVAL": 30}):
+        task = tasks.add.add_task(1, 1, run_after=1.0)
+        enqueued = time.monotonic()
+        starter, thread = _worker_in_thread()
+        try:
+            wait_until(lambda: app.get(task.uuid).status == "success", timeout=15)
+            assert time.monotonic() - enqueued < 10  # not the 30 s poll
+        finally:
+            starter.request_stop()
+            thread.join(timeout=30)
+
+
+@pytest.mark.postgres
+def test_a_delayed_task_enqueued_while_the_worker_sleeps_runs_when_due():
+    import time
+
+    with override_settings(QTASKS={"POLL_INTERVAL": 30}):
+        starter, thread = _worker_in_thread()
+        try:
+            wait_until(lambda: app.live_workers(), message="the worker")
+            task = tasks.add.add_task(2, 2, run_after=1.5)
+            enqueued = time.monotonic()
+            wait_until(lambda: app.get(task.uuid).status == "success", timeout=15)
+            elapsed = time.monotonic() - enqueued
+            assert 1.0 < elapsed < 10, elapsed
+        finally:
+            starter.request_stop()
+            thread.join(timeout=30)
