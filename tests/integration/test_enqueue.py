@@ -222,3 +222,35 @@ def test_add_tasks_validates_everything_before_writing():
     with pytest.raises(TypeError, match="positional argument 0"):
         app.add_tasks([tasks.add(1, 2), tasks.add(object(), 1)])
     assert not TaskRecord.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_connections_racing_on_a_unique_key_make_one_task():
+    """The partial unique index decides, not a check-then-insert: both callers get the
+    same task back, and one row exists."""
+    import threading
+
+    from django.db import connections
+
+    barrier = threading.Barrier(2, timeout=30)
+    results: list = []
+    errors: list = []
+
+    def enqueue(n: int) -> None:
+        try:
+            barrier.wait()  # outside: SQLite's IMMEDIATE transactions queue at BEGIN
+            with transaction.atomic():
+                results.append(tasks.record.add_task(f"racer-{n}", unique_key="race"))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=enqueue, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    assert len({task.uuid for task in results}) == 1
+    assert TaskRecord.objects.filter(unique_key="race").count() == 1
