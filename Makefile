@@ -6,7 +6,7 @@ DOCS_SITE := $(or $(TMPDIR),/tmp)/qtasks-docs-site
 # Tests run in two processes (pytest-xdist): most of them wait on real workers.
 PYTEST := pytest -n $(or $(PYTEST_PROCESSES),2)
 
-.PHONY: run test check browser test-sqlite test-postgres test-lts docs chaos venv clean
+.PHONY: run test check browser screenshots test-sqlite test-postgres test-lts docs chaos venv clean
 
 venv:
 	@scripts/venv.sh $(VENV)
@@ -44,6 +44,10 @@ test-lts:
 
 docs: venv
 	$(VENV)/bin/mkdocs serve
+
+## make screenshots: refresh the admin pictures in docs/images from the browser tests.
+screenshots: venv browser
+	QTASKS_SCREENSHOTS=$(CURDIR)/docs/images DATABASE_URL= $(VENV)/bin/pytest tests/browser -p no:xdist
 
 ## make chaos: kill workers at random under load and count lost and repeated tasks.
 chaos: venv

@@ -7,6 +7,7 @@ tests skip locally, and fail under CI (``CI`` set), where a skip would hide a ga
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,11 @@ from typing import Any
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "images"
+# `make screenshots` points this at docs/images to refresh the pictures in the docs;
+# ordinary runs write them to a scratch folder, so a test run leaves the tree clean.
+SCREENSHOTS = Path(
+    os.environ.get("QTASKS_SCREENSHOTS") or Path(tempfile.gettempdir()) / "qtasks-screenshots"
+)
 # Without the background-networking flags Chromium phones home at start-up, and a
 # closed network answers by refusing connections the tests did not ask for.
 CHROMIUM_ARGS = [
@@ -88,8 +93,8 @@ def page(chromium: Any, live_server: Any, admin_user: Any) -> Iterator[Any]:
 
 
 def screenshot(page: Any, name: str, height: int = 800) -> None:
-    """Save a picture for the docs (docs/images/NAME.png), overwritten on each run: the
-    top ``height`` pixels of the page, 1280 wide."""
+    """Save a picture (for docs/images/NAME.png, see SCREENSHOTS): the top ``height``
+    pixels of the page, 1280 wide."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     clip = {"x": 0, "y": 0, "width": 1280, "height": height}
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True, clip=clip)
