@@ -307,14 +307,7 @@ def _resend(signal: Signal, task: Task, outcome: Outcome | None = None) -> None:
     except Exception:
         logger.exception("Could not build the TaskResult of task %s", task.uuid)
         return
-    for receiver, response in signal.send_robust(sender=sender, task_result=result):
-        if isinstance(response, Exception):
-            logger.error(
-                "A receiver of Django's task signal failed: %r",
-                receiver,
-                exc_info=response,
-                extra={"action": "signal_failed", "task_uuid": str(task.uuid)},
-            )
+    signals.send_from_worker(signal, sender, task_result=result)
 
 
 def _on_task_started(sender: Any, task: Task, **kwargs: Any) -> None:

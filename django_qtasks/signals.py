@@ -7,10 +7,29 @@
 (``worker``, ``broker``, ``storage``, ``global_config``, ``starter``) started or stopped.
 """
 
+import logging
+from typing import Any
+
 from django.dispatch import Signal
+
+logger = logging.getLogger("django_qtasks.signals")
 
 task_enqueued = Signal()  # kwargs: task (Task snapshot)
 task_started = Signal()  # kwargs: task (Task snapshot)
 task_finished = Signal()  # kwargs: task (Task snapshot), outcome (Outcome)
 component_started = Signal()  # kwargs: component (object), name (str)
 component_stopped = Signal()  # kwargs: component (object), name (str)
+
+
+def send_from_worker(signal: Signal, sender: Any, **kwargs: Any) -> None:
+    """Send a signal from the worker's own threads, where a receiver that raises must
+    not stop a task from being stored (or the completer from storing the next ones):
+    errors are logged, not raised."""
+    for receiver, result in signal.send_robust(sender=sender, **kwargs):
+        if isinstance(result, Exception):
+            logger.error(
+                "Signal receiver %r failed",
+                receiver,
+                exc_info=(type(result), result, result.__traceback__),
+                extra={"action": "signal_failed"},
+            )

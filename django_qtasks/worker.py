@@ -328,12 +328,14 @@ class ThreadWorker(BaseWorker):
                     if time.monotonic() - last_used > IDLE_PING_AFTER:
                         ensure_usable(alias)
                     self.process(task)
-                except BaseException:
+                except BaseException as exc:
                     # process() handles everything a task can do; this is our own bug.
+                    # The task still gets an outcome, so it is not left in `process`.
                     logger.exception("Processing task %s failed", task.uuid)
-                    with self._changed:
-                        self._executing -= 1
-                    self._release(task)
+                    self._executed(
+                        _Done(task, Outcome(status=TaskStatus.ERROR,
+                                            error=describe_exception(exc)), 0.0)
+                    )  # fmt: skip
                 finally:
                     close_if_broken(alias)
                     last_used = time.monotonic()
@@ -369,7 +371,7 @@ class ThreadWorker(BaseWorker):
             ctx.request_cancel()
         executor = self._executor(definition)
         self.on_task_start(task, executor.max_time(definition))
-        signals.task_started.send(sender=type(self.app), task=task)
+        signals.send_from_worker(signals.task_started, type(self.app), task=task)
         started = time.monotonic()
         outcome = executor.execute(definition, task, ctx)
         self._executed(_Done(task, outcome, time.monotonic() - started))
@@ -424,7 +426,9 @@ class ThreadWorker(BaseWorker):
             self._release(task)
             if not ok:
                 continue
-            signals.task_finished.send(sender=type(self.app), task=task, outcome=outcome)
+            signals.send_from_worker(
+                signals.task_finished, type(self.app), task=task, outcome=outcome
+            )
             logger.info(
                 "Task %s %s: %s in %.3f s",
                 task.task_name,

@@ -312,3 +312,20 @@ def test_a_task_raising_keyboard_interrupt_does_not_kill_its_thread(run_worker):
     assert run_worker(concurrency=1) == 0
     assert finished(task).errors[0]["type"] == "builtins.KeyboardInterrupt"
     assert finished(after).returning == 4
+
+
+def test_a_signal_receiver_that_raises_does_not_stall_the_worker(run_worker, caplog):
+    def broken(sender, **kwargs):
+        raise RuntimeError("receiver broke")
+
+    task_started.connect(broken)
+    task_finished.connect(broken)
+    try:
+        first = tasks.add.add_task(1, 1)
+        second = tasks.add.add_task(2, 2)
+        assert run_worker(concurrency=1) == 0
+    finally:
+        task_started.disconnect(broken)
+        task_finished.disconnect(broken)
+    assert [finished(t).returning for t in (first, second)] == [2, 4]
+    assert "Signal receiver" in caplog.text
