@@ -116,8 +116,9 @@ class TaskExecutor(BaseTaskExecutor):
                 middleware.before(ctx)
             args = [TaskSelf(definition, ctx), *task.args] if options.echo else list(task.args)
             value = self.call(definition, args, task.kwargs, ctx)
-            self.check_result(value)
-            outcome = Outcome(status=TaskStatus.SUCCESS, returning=value)
+            outcome = Outcome(
+                status=TaskStatus.SUCCESS, returning=value, returning_json=self.check_result(value)
+            )
         except TaskCancelled as exc:
             # A cancel from outside already recorded who asked and why.
             outcome = Outcome(
@@ -194,9 +195,10 @@ class TaskExecutor(BaseTaskExecutor):
                 raise
 
     @staticmethod
-    def check_result(value: Any) -> None:
+    def check_result(value: Any) -> str:
+        """The result as the JSON to store (encoded once), or NotJSONResult."""
         try:
-            json.dumps(value, allow_nan=False)
+            return json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise NotJSONResult(
                 f"The task returned a {type(value).__name__}, which cannot be stored as JSON: "

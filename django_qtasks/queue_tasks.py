@@ -200,7 +200,7 @@ class BaseQueueTasks:
         if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
             raise InvalidTaskCall(f"unique_key must be a non-empty string, got {unique_key!r}.")
         args = list(args)
-        check_json(args, kwargs, settings.max_args_size)
+        encoded = check_json(args, kwargs, settings.max_args_size)
         return TaskSpec(
             task_name=task_name,
             args=args,
@@ -211,6 +211,7 @@ class BaseQueueTasks:
             max_retries=retry,
             unique_key=unique_key,
             tags=list(options.tags) if options else [],
+            encoded=encoded,
         )
 
     # -- the sync core; the async app wraps these --------------------------------------

@@ -55,6 +55,13 @@ _PG_ARRAY_TYPES = (
     "integer", "timestamptz", "timestamptz", "timestamptz", "text", "text",
 )  # fmt: skip
 _JSON_POSITIONS = frozenset({5, 6, 7, 13})
+_ARGS, _KWARGS = _INSERT_COLUMNS.index("args"), _INSERT_COLUMNS.index("kwargs")
+
+
+def _as_is(value: Any, connection: Any) -> Any:
+    return value
+
+
 _INSERT_CONSTANTS = {
     "returning": "NULL",
     "traceback": "''",
@@ -302,9 +309,15 @@ class DjangoStorage(BaseStorage):
         names = ", ".join(ops.quote_name(c) for c in (*_INSERT_COLUMNS, *_INSERT_CONSTANTS))
         constants = ", ".join(_INSERT_CONSTANTS.values())
         columns = [[getattr(task, name) for task in tasks] for name in _INSERT_COLUMNS]
+        # args and kwargs go in as the JSON text build_spec made when it validated them.
+        for position, part in ((_ARGS, 0), (_KWARGS, 1)):
+            columns[position] = [
+                spec.encoded[part] if spec.encoded else json.dumps(value)
+                for spec, value in zip(specs, columns[position], strict=True)
+            ]
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
-                for position in _JSON_POSITIONS:
+                for position in _JSON_POSITIONS - {_ARGS, _KWARGS}:
                     columns[position] = [json.dumps(value) for value in columns[position]]
                 arrays = ", ".join(f"%s::{sql_type}[]" for sql_type in _PG_ARRAY_TYPES)
                 selected = ", ".join(
@@ -319,6 +332,7 @@ class DjangoStorage(BaseStorage):
                 )
             else:
                 prepare = [field.get_db_prep_save for field in _insert_fields()]
+                prepare[_ARGS] = prepare[_KWARGS] = _as_is  # encoded already
                 rows = [
                     [prep(value, connection) for prep, value in zip(prepare, row, strict=True)]
                     for row in zip(*columns, strict=True)
@@ -463,7 +477,7 @@ class DjangoStorage(BaseStorage):
                     task.uuid,
                     task.worker_id,
                     str(outcome.status),
-                    json.dumps(outcome.returning)
+                    (outcome.returning_json or json.dumps(outcome.returning))
                     if success and outcome.returning is not None
                     else None,
                     entry,

@@ -124,6 +124,9 @@ class TaskSpec:
     max_retries: int
     unique_key: str | None = None
     tags: list[str] = field(default_factory=list)
+    # ``args`` and ``kwargs`` as the JSON text to store, when the builder has encoded
+    # them already (it must, to validate them): Storage writes it as it is.
+    encoded: tuple[str, str] | None = None
 
 
 def validate_priority(priority: Any) -> int:
@@ -166,28 +169,40 @@ def resolve_run_after(run_after: RunAfter) -> dt.datetime | None:
     )
 
 
-def check_json(args: Sequence[Any], kwargs: dict[str, Any], max_bytes: int | None) -> None:
-    """Fail before anything is stored if an argument would not survive JSON, or if the
-    arguments are too big to belong in a queue row."""
-    labelled = [(f"positional argument {i}", value) for i, value in enumerate(args)]
-    labelled += [(f"argument {name!r}", value) for name, value in kwargs.items()]
-    size = sum(_json_size(value, label) for label, value in labelled)
+def check_json(
+    args: Sequence[Any], kwargs: dict[str, Any], max_bytes: int | None
+) -> tuple[str, str]:
+    """Encode the arguments as the JSON that will be stored (once: the enqueue path is
+    hot), failing before anything is stored if an argument would not survive JSON (the
+    error names it) or if they are too big to belong in a queue row."""
+    try:
+        encoded = json.dumps(list(args), allow_nan=False), json.dumps(kwargs, allow_nan=False)
+    except (TypeError, ValueError):
+        _raise_for_bad_argument(args, kwargs)
+        raise
+    size = len(encoded[0]) + len(encoded[1])
     if max_bytes is not None and size > max_bytes:
         raise InvalidTaskCall(
             f"The task's arguments take {size:,} bytes as JSON, more than "
             f"QTASKS['MAX_ARGS_SIZE'] ({max_bytes:,}). Store large data elsewhere (a file, "
             "a model) and pass its id."
         )
+    return encoded
 
 
-def _json_size(value: Any, label: str) -> int:
-    try:
-        return len(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"{label} ({type(value).__name__}) is not JSON-serializable: {exc}. "
-            "Task arguments are stored as JSON: pass ids, strings, numbers, lists and dicts."
-        ) from None
+def _raise_for_bad_argument(args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+    """Find which argument cannot be encoded, and say so."""
+    labelled = [(f"positional argument {i}", value) for i, value in enumerate(args)]
+    labelled += [(f"argument {name!r}", value) for name, value in kwargs.items()]
+    for label, value in labelled:
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"{label} ({type(value).__name__}) is not JSON-serializable: {exc}. "
+                "Task arguments are stored as JSON: pass ids, strings, numbers, lists and "
+                "dicts."
+            ) from None
 
 
 def is_async_callable(func: Callable[..., Any]) -> bool:
@@ -352,3 +367,5 @@ class Outcome:
     error: dict[str, Any] | None = None
     traceback: str = ""
     run_after: dt.datetime | None = None
+    # ``returning`` as the JSON text to store, when the executor encoded it already.
+    returning_json: str | None = None
