@@ -6,7 +6,7 @@ DOCS_SITE := $(or $(TMPDIR),/tmp)/qtasks-docs-site
 # Tests run in two processes (pytest-xdist): most of them wait on real workers.
 PYTEST := pytest -n $(or $(PYTEST_PROCESSES),2)
 
-.PHONY: run test check browser screenshots test-sqlite test-postgres test-lts docs chaos venv clean
+.PHONY: run test check browser pgbouncer screenshots test-sqlite test-postgres test-lts docs chaos bench venv clean
 
 venv:
 	@scripts/venv.sh $(VENV)
@@ -30,16 +30,22 @@ check: venv
 browser:
 	@scripts/ensure-browser.sh
 
+## make pgbouncer: Debian's PgBouncer for tests/pgbouncer (the PostgreSQL passes run it).
+pgbouncer:
+	@scripts/ensure-pgbouncer.sh
+
 test-sqlite: venv browser
 	DATABASE_URL= $(VENV)/bin/$(PYTEST) $(PYTEST_ARGS)
 
 test-postgres: venv
 	@test -n "$$DATABASE_URL" || { echo "DATABASE_URL is not set" >&2; exit 2; }
+	@scripts/ensure-pgbouncer.sh
 	$(VENV)/bin/$(PYTEST) -m "not browser" $(PYTEST_ARGS)
 
 test-lts:
 	@scripts/venv.sh .venv-lts
 	@test -n "$$DATABASE_URL" || { echo "DATABASE_URL is not set" >&2; exit 2; }
+	@scripts/ensure-pgbouncer.sh
 	.venv-lts/bin/$(PYTEST) -m "not browser" $(PYTEST_ARGS)
 
 docs: venv

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_URL, fresh_database, setup_django, start_worker
+from bench.common import DEFAULT_URL, fresh_database, setup_django, start_worker, stop_workers
 
 
 def main() -> int:
@@ -72,13 +72,7 @@ def main() -> int:
                 next_kill = time.monotonic() + args.kill_every
             time.sleep(0.1)  # the script's pace; the workers do not wait on it
     finally:
-        for worker in workers:
-            worker.send_signal(signal.SIGTERM)
-        for worker in workers:
-            try:
-                worker.wait(timeout=30)
-            except Exception:
-                worker.kill()
+        stop_workers(workers, timeout=30)
     elapsed = time.monotonic() - started
 
     statuses = dict(TaskRecord.objects.values_list("status").annotate(n=Count("uuid")))

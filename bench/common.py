@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -35,17 +37,25 @@ def setup_django(url: str) -> None:
     call_command("migrate", verbosity=0)
 
 
-def start_worker(url: str, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
+def worker_env(url: str) -> dict[str, str]:
+    """What a worker process needs on top of the environment to use the bench settings."""
+    return {
         "BENCH_DATABASE_URL": url,
         "DJANGO_SETTINGS_MODULE": "bench.settings",
         "PYTHONPATH": str(ROOT),
     }
+
+
+def worker_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "django", "qtasks_worker", *args]
+
+
+def start_worker(url: str, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **worker_env(url)}
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "django", "qtasks_worker", *args],
+            worker_argv(*args),
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -54,3 +64,17 @@ def start_worker(url: str, *args: str, log: Path | None = None) -> subprocess.Po
     finally:
         if log:
             out.close()
+
+
+def stop_workers(procs: Iterable[subprocess.Popen[bytes]], timeout: float = 60) -> None:
+    """SIGTERM every worker at once (they stop in parallel), then wait for each; SIGKILL
+    those still there after ``timeout`` seconds."""
+    procs = list(procs)
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .queue_tasks import AsyncQueueTasks, QueueTasks
     from .results import AsyncResult, SyncResult
     from .task import AsyncTask, SyncTask, Task, TaskCls
+    from .workflows import Chain, Group, chain, group
 
     app: QueueTasks
     async_app: AsyncQueueTasks
@@ -31,6 +32,10 @@ _LAZY = {
     "TaskStatus": "models",
     "TaskContext": "context",
     "TaskSelf": "context",
+    "chain": "workflows",
+    "group": "workflows",
+    "Chain": "workflows",
+    "Group": "workflows",
 }
 _project_apps: dict[str, Any] = {}
 
@@ -56,6 +61,8 @@ __all__ = [
     "AsyncQueueTasks",
     "AsyncResult",
     "AsyncTask",
+    "Chain",
+    "Group",
     "QueueTasks",
     "SyncResult",
     "SyncTask",
@@ -66,4 +73,6 @@ __all__ = [
     "TaskStatus",
     "app",
     "async_app",
+    "chain",
+    "group",
 ]

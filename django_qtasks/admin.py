@@ -191,6 +191,7 @@ class TaskRecordAdmin(TaskRecordAdminBase):
                     "task_name",
                     "uuid",
                     ("tags", "unique_key", "cancel_requested"),
+                    "concurrency_limit",
                 )
             },
         ),
@@ -205,6 +206,7 @@ class TaskRecordAdmin(TaskRecordAdminBase):
             },
         ),
         (gettext_lazy("Worker"), {"fields": ("worker",)}),
+        (gettext_lazy("Flow"), {"fields": ("flow_links",)}),
         (gettext_lazy("Call"), {"fields": ("args_pretty", "kwargs_pretty")}),
         (gettext_lazy("Outcome"), {"fields": ("result_pretty", "traceback_pretty")}),
         (gettext_lazy("Attempts and errors"), {"fields": ("error_history",)}),
@@ -216,6 +218,8 @@ class TaskRecordAdmin(TaskRecordAdminBase):
         "duration",
         "progress_bar",
         "worker",
+        "flow_links",
+        "concurrency_limit",
         "args_pretty",
         "kwargs_pretty",
         "result_pretty",
@@ -239,6 +243,8 @@ class TaskRecordAdmin(TaskRecordAdminBase):
             return self.fieldsets
         empty = {
             "progress_bar": not isinstance(obj.progress, dict),
+            "flow_links": obj.flow_id is None,
+            "concurrency_limit": obj.max_concurrency is None,
             "result_pretty": obj.status != TaskStatus.SUCCESS,
             "traceback_pretty": not obj.traceback,
             "error_history": not obj.errors,
@@ -328,6 +334,59 @@ class TaskRecordAdmin(TaskRecordAdminBase):
             row.pid,
             state,
             format_duration(row.age),
+        )
+
+    @admin.display(description=gettext_lazy("concurrency limit"))
+    def concurrency_limit(self, task: TaskRecord) -> str:
+        """``max_concurrency`` and its group (docs/concurrency-limits.md)."""
+        if task.max_concurrency is None:
+            return EMPTY
+        if task.concurrency_key:
+            return _("at most %(n)d at a time with key %(key)s") % {
+                "n": task.max_concurrency,
+                "key": task.concurrency_key,
+            }
+        return _("at most %(n)d of this task at a time") % {"n": task.max_concurrency}
+
+    @admin.display(description=gettext_lazy("links"))
+    def flow_links(self, task: TaskRecord) -> SafeString | str:
+        """The chain or group this task belongs to: its previous step, the other members
+        of its group, its next step (links to their pages), and the whole flow's list."""
+        if task.flow_id is None or task.flow_stage is None:
+            return EMPTY
+        stages = dashboard.flow_neighbours(task)
+        change = f"admin:{_url_name(self, 'change')}"
+
+        def links(rows: list[TaskRecord]) -> SafeString:
+            return format_html_join(
+                ", ",
+                '<a href="{}">{}</a> <span class="qtasks-badge qtasks-status-{}">{}</span>',
+                (
+                    (reverse(change, args=[row.pk]), row.task_name, row.status, row.status)
+                    for row in rows
+                ),
+            )
+
+        members = [row for row in stages.get(task.flow_stage, []) if row.pk != task.pk]
+        lines = [
+            (
+                _("flow"),
+                format_html(
+                    '<a href="{}?flow_id={}">{}</a>',
+                    reverse(f"admin:{_url_name(self, 'changelist')}"),
+                    task.flow_id,
+                    _("every task of this flow"),
+                ),
+            ),
+            (_("previous step"), links(stages.get(task.flow_stage - 1, []))),
+            (_("group members"), links(members) if task.flow_index is not None else ""),
+            (_("next step"), links(stages.get(task.flow_stage + 1, []))),
+        ]
+        return format_html(
+            '<table class="qtasks-flow"><tbody>{}</tbody></table>',
+            format_html_join(
+                "", "<tr><th>{}</th><td>{}</td></tr>", ((k, v) for k, v in lines if v)
+            ),
         )
 
     @admin.display(description=gettext_lazy("args"))

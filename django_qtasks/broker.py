@@ -14,10 +14,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from django.db import connections
 from django.utils import timezone
 
-from .listener import Listener
+from .counters import retire_orphans
+from .listener import Listener, listen_wanted
 from .models import FINISHED_STATUSES
 from .settings import QTasksSettings
 from .signals import component_started, component_stopped
@@ -88,6 +88,10 @@ class BaseBroker(ABC):
     def cancel(self, uuid: uuid_lib.UUID | str, reason: str = "") -> Task | None:
         return self.storage.cancel(uuid, reason)
 
+    def add_flow(self, specs: Sequence[TaskSpec]) -> list[Task]:
+        """Store the tasks of a chain or group; see :meth:`BaseStorage.add_flow`."""
+        return self.storage.add_flow(specs)
+
     def cancel_requests(self, worker_id: str) -> set[uuid_lib.UUID]:
         return self.storage.cancel_requests(worker_id)
 
@@ -116,8 +120,13 @@ class BaseBroker(ABC):
         return self.storage.global_config.items(WORKERS)
 
     def forget_dead_workers(self) -> int:
-        """Drop expired heartbeat rows (after their tasks were rescued)."""
-        return self.storage.global_config.purge_expired(WORKERS)
+        """Drop expired heartbeat rows (after their tasks were rescued), and fold the dead
+        workers' task counters into the retired totals (see :mod:`.counters`)."""
+        config = self.storage.global_config
+        forgotten = config.purge_expired(WORKERS)
+        if forgotten:
+            retire_orphans(config, config.items(WORKERS))
+        return forgotten
 
     def requeue(self, uuid: uuid_lib.UUID | str) -> Task | None:
         return self.storage.requeue(uuid)
@@ -215,9 +224,7 @@ class DjangoBroker(BaseBroker):
 
     def _listener(self) -> Listener | None:
         """This thread's listener, when the database can notify and it is wanted."""
-        if not self.settings.listen_notify:
-            return None
-        if connections[self.settings.database].vendor != "postgresql":
+        if not listen_wanted(self.settings.listen_notify, self.settings.database):
             return None
         listener: Listener | None = getattr(self._listeners, "listener", None)
         if listener is None:

@@ -13,6 +13,7 @@ from uuid import UUID
 from asgiref.sync import sync_to_async
 
 from .exceptions import TaskCancelled
+from .log import task_fields
 
 if TYPE_CHECKING:
     from .queue_tasks import BaseQueueTasks
@@ -60,14 +61,10 @@ class TaskContext:
         return self.task.queue
 
     def get_logger(self) -> logging.LoggerAdapter[logging.Logger]:
-        """A logger whose records carry the task's uuid, name and attempt in ``extra``."""
+        """A logger whose records carry the task's uuid, name, queue and attempt in
+        ``extra`` (as the worker's own records about the task do)."""
         return logging.LoggerAdapter(
-            logging.getLogger(f"django_qtasks.task.{self.task_name}"),
-            {
-                "task_uuid": str(self.task_uuid),
-                "task_name": self.task_name,
-                "attempt": self.attempt,
-            },
+            logging.getLogger(f"django_qtasks.task.{self.task_name}"), task_fields(self.task)
         )
 
     def set_progress(self, done: float, total: float | None = None, message: str = "") -> None:

@@ -230,7 +230,8 @@ def queue_stats(now: dt.datetime | None = None) -> tuple[list[QueueRow], bool]:
     now = now or timezone.now()
     connection = connections[_alias()]
     table = connection.ops.quote_name(TaskRecord._meta.db_table)
-    statuses = ", ".join(f"'{s.value}'" for s in ACTIVE_STATUSES)
+    # Blocked tasks (later steps of flows) are neither waiting nor running yet.
+    statuses = ", ".join(f"'{s.value}'" for s in ACTIVE_STATUSES if s != TaskStatus.BLOCKED)
     waiting = {s.value for s in WAITING_STATUSES}
     sql = (
         "SELECT queue, status, COUNT(*), "
@@ -456,6 +457,28 @@ def schedules(now: dt.datetime | None = None) -> tuple[list[ScheduleRow], str]:
             )
         )
     return rows, ""
+
+
+FLOW_CAP = 50
+"""Tasks of one stage of a flow a task's page links to at most (a big group lists the
+rest in the task list, filtered by flow)."""
+
+
+def flow_neighbours(task: TaskRecord) -> dict[int, list[TaskRecord]]:
+    """The tasks of the stages before, at and after this task's in its flow (stage ->
+    tasks in member order), through the flow index: a few rows, without their JSON."""
+    if task.flow_id is None or task.flow_stage is None:
+        return {}
+    found: dict[int, list[TaskRecord]] = {}
+    for stage in range(max(task.flow_stage - 1, 0), task.flow_stage + 2):
+        rows = (
+            _records()
+            .filter(flow_id=task.flow_id, flow_stage=stage)
+            .only("uuid", "task_name", "status", "flow_stage", "flow_index")
+            .order_by("flow_index", "uuid")[:FLOW_CAP]
+        )
+        found[stage] = list(rows)
+    return found
 
 
 # -- the views -----------------------------------------------------------------------------

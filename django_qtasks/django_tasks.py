@@ -82,6 +82,7 @@ BACKEND_TAG = "backend:"
 STATUSES = {
     TaskStatus.NEW: TaskResultStatus.READY,
     TaskStatus.RETRY: TaskResultStatus.READY,
+    TaskStatus.BLOCKED: TaskResultStatus.READY,
     TaskStatus.PROCESS: TaskResultStatus.RUNNING,
     TaskStatus.SUCCESS: TaskResultStatus.SUCCESSFUL,
     TaskStatus.ERROR: TaskResultStatus.FAILED,

@@ -45,6 +45,17 @@ class ResultTimeout(QTasksError, TimeoutError):
         self.task = task
 
 
+class FlowFailed(QTasksError):
+    """A task of a group did not succeed, so the group has no list of results.
+
+    ``task`` is the first such task, as it was read.
+    """
+
+    def __init__(self, message: str, task: Task) -> None:
+        super().__init__(message)
+        self.task = task
+
+
 class TaskCancelled(QTasksError):
     """Raised inside a running task when it is cancelled; ends the task as ``cancel``."""
 

@@ -25,6 +25,7 @@ from django.utils.module_loading import import_string
 
 from .context import TaskContext, TaskSelf
 from .exceptions import QTasksError, TaskCancelled, describe_exception
+from .log import task_fields
 from .models import TaskStatus
 from .task import Outcome, Task
 from .timelimit import TaskTimeLimitExceeded, time_limit_message
@@ -136,7 +137,12 @@ class TaskExecutor(BaseTaskExecutor):
             try:
                 middleware.after(ctx, outcome)
             except Exception as exc:
-                logger.exception("Middleware %r failed after task %s", middleware, task.uuid)
+                logger.exception(
+                    "Middleware %r failed after task %s",
+                    middleware,
+                    task.uuid,
+                    extra=task_fields(task, action="middleware_failed"),
+                )
                 outcome = Outcome(
                     status=TaskStatus.ERROR,
                     error=describe_exception(exc),

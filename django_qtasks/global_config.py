@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection
 from typing import Any
 
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -52,6 +54,20 @@ class BaseGlobalConfig(ABC):
     def purge_expired(self, name: str) -> int:
         """Delete the expired entries under ``name`` (they read as absent already)."""
 
+    @abstractmethod
+    def merge(
+        self,
+        name: str,
+        key: str,
+        combine: Callable[[Any, list[Any]], Any],
+        take: Collection[str] = (),
+    ) -> None:
+        """Atomically set ``key`` to ``combine(its value or None, [values of the take
+        entries])`` and delete the ``take`` entries (those that exist).
+
+        A read-modify-write that concurrent writers cannot interleave: counters that
+        several processes add to, or fold into one entry, stay exact."""
+
 
 class DjangoGlobalConfig(BaseGlobalConfig):
     """GlobalConfig on the ``ConfigEntry`` model, in the ``QTASKS['DATABASE']`` database."""
@@ -85,3 +101,37 @@ class DjangoGlobalConfig(BaseGlobalConfig):
         entries = ConfigEntry.objects.using(self.settings.database)
         deleted, _ = entries.filter(name=name, expires_at__lte=timezone.now()).delete()
         return deleted
+
+    def merge(
+        self,
+        name: str,
+        key: str,
+        combine: Callable[[Any, list[Any]], Any],
+        take: Collection[str] = (),
+    ) -> None:
+        alias = self.settings.database
+        entries = ConfigEntry.objects.using(alias)
+        with transaction.atomic(using=alias):
+            # Make sure the row exists, then lock it with the taken ones, in key order so
+            # that two merges over overlapping keys cannot deadlock. The INSERT comes
+            # first, so SQLite takes its write lock before reading anything.
+            entries.bulk_create(
+                [ConfigEntry(name=name, key=key, value=None)], ignore_conflicts=True
+            )
+            keys = {key, *take}
+            rows = {
+                row.key: row
+                for row in entries.select_for_update()
+                .filter(name=name, key__in=keys)
+                .order_by("key")
+            }
+            target = rows.pop(key)
+            now = timezone.now()
+            current = (
+                target.value if target.expires_at is None or target.expires_at > now else None
+            )
+            target.value = combine(current, [row.value for row in rows.values()])
+            target.expires_at = None
+            target.save(update_fields=["value", "expires_at", "updated_at"])
+            if rows:
+                entries.filter(pk__in=[row.pk for row in rows.values()]).delete()

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -43,7 +44,9 @@ class Heartbeat:
         running: Callable[[], int],
         on_cancel: Callable[[set[UUID]], None],
         on_paused: Callable[[set[str]], None] = lambda queues: None,
+        on_beat: Callable[[], None] = lambda: None,
         scheduler: Scheduler | None = None,
+        heartbeat_file: str | None = None,
     ) -> None:
         self.broker = broker
         self.settings = settings
@@ -57,6 +60,8 @@ class Heartbeat:
         self.running = running
         self.on_cancel = on_cancel
         self.on_paused = on_paused
+        self.on_beat = on_beat  # after each database heartbeat: the worker's counters flush
+        self.heartbeat_file = heartbeat_file
         self.scheduler = scheduler  # periodic tasks; on a thread of its own
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="qtasks-heartbeat", daemon=True)
@@ -65,6 +70,7 @@ class Heartbeat:
     def start(self) -> None:
         """Register at once (before the first claim), then keep beating in the background."""
         self.beat()
+        self.touch()
         self.on_paused(self.broker.paused_queues())
         self._thread.start()
         if self.scheduler is not None:
@@ -80,9 +86,27 @@ class Heartbeat:
         info = {**self.info, "last_beat": timezone.now().isoformat(), "running": self.running()}
         self.broker.heartbeat(self.worker_id, info, ttl=self.settings.heartbeat_timeout)
 
+    def touch(self) -> None:
+        """Update the heartbeat file's mtime (``--heartbeat-file``): a liveness probe reads
+        its age. Called only after a heartbeat reached the database, so a worker that
+        lost its database, or whose heartbeat thread is stuck, lets the file go stale."""
+        if self.heartbeat_file is None:
+            return
+        try:
+            Path(self.heartbeat_file).touch()
+        except OSError:
+            logger.warning(
+                "Could not touch the heartbeat file %s",
+                self.heartbeat_file,
+                exc_info=True,
+                extra={"action": "heartbeat_file_failed"},
+            )
+
     def tick(self) -> None:
         """One round: beat, relay cancel requests, and rescue when it is time."""
         self.beat()
+        self.on_beat()
+        self.touch()
         self.on_paused(self.broker.paused_queues())
         if self.running():
             requested = self.broker.cancel_requests(self.worker_id)

@@ -117,6 +117,27 @@ def run_immediately(app: BaseQueueTasks, tasks: list[Task]) -> list[Task]:
     return _run(app, tasks)
 
 
+def run_flow_immediately(
+    app: BaseQueueTasks, stages: tuple[tuple[Task, ...], ...]
+) -> tuple[tuple[Task, ...], ...]:
+    """Immediate mode, after a chain or group was stored: run its stages in order, each
+    once the one before released it (a stage cancelled by a failure before it does not
+    run), and return the tasks as stored. Inside the caller's ``transaction.atomic()``,
+    when it commits, as for :func:`run_immediately`."""
+    uuids = [[task.uuid for task in stage] for stage in stages]
+
+    def run() -> None:
+        for stage in uuids:
+            found = [task for task in map(app.broker.get, stage) if task is not None]
+            _run(app, [task for task in found if task.status == TaskStatus.NEW])
+
+    if in_callers_atomic(app.settings.database):
+        transaction.on_commit(run, using=app.settings.database)
+        return stages
+    run()
+    return tuple(tuple(app.broker.get(task.uuid) or task for task in stage) for stage in stages)
+
+
 def _runner(app: BaseQueueTasks, uuids: list[uuid_lib.UUID]) -> Callable[[], Any]:
     def run() -> None:
         tasks = [task for task in map(app.broker.get, uuids) if task is not None]

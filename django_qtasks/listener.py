@@ -22,6 +22,24 @@ CHANNEL = "django_qtasks"
 RETRY_AFTER = 5.0  # seconds before a lost listener connection is tried again
 
 
+def listen_wanted(setting: bool | str, alias: str) -> bool:
+    """Whether workers should LISTEN on database ``alias``, given ``QTASKS["LISTEN_NOTIFY"]``.
+
+    LISTEN belongs to a server session, and a pooler in transaction mode hands that
+    session to other clients after each statement: the notifications then go to a
+    stranger, or nowhere, and the worker would wait a whole poll for nothing. Django's
+    own sign of such a pooler is ``DISABLE_SERVER_SIDE_CURSORS = True`` (it documents
+    that setting for PgBouncer in transaction mode), so ``"auto"`` listens on
+    PostgreSQL unless the alias carries it. Polling is always correct, only slower.
+    """
+    connection = connections[alias]
+    if connection.vendor != "postgresql" or setting is False:
+        return False
+    if setting == "auto":
+        return not connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS", False)
+    return True
+
+
 class Listener:
     """Waits for the enqueue trigger's notifications on a connection of its own."""
 

@@ -55,9 +55,16 @@ class TaskStatus(models.TextChoices):
     CANCEL = "cancel", _("cancel")
     """Cancelled before or while running. Final."""
 
+    BLOCKED = "blocked", _("blocked")
+    """A later step of a chain or group flow, waiting for the tasks before it: never
+    claimed (it is not in the claim index). Becomes ``new`` when they all succeeded, in
+    the transaction that stores the last one's result, or ``cancel`` if one of them
+    failed or was cancelled. Not finished: retention never deletes it."""
+
 
 WAITING_STATUSES = (TaskStatus.NEW, TaskStatus.RETRY)
-ACTIVE_STATUSES = (TaskStatus.NEW, TaskStatus.RETRY, TaskStatus.PROCESS)
+# Not finished yet: a blocked task can still be cancelled, and it is not pruned.
+ACTIVE_STATUSES = (TaskStatus.NEW, TaskStatus.RETRY, TaskStatus.PROCESS, TaskStatus.BLOCKED)
 FINISHED_STATUSES = (TaskStatus.SUCCESS, TaskStatus.ERROR, TaskStatus.CANCEL)
 
 
@@ -87,6 +94,17 @@ class TaskRecord(models.Model):
     cancel_requested = models.BooleanField(default=False)
     progress = models.JSONField(null=True, blank=True)
     tags = models.JSONField(default=list, blank=True)
+    # Chains and groups (docs/workflows.md): the tasks of one flow share ``flow_id`` and
+    # run stage after stage; the tasks of a group share a stage and are numbered by
+    # ``flow_index`` (NULL for a plain chain step, whose one result is passed on alone).
+    flow_id = models.UUIDField(null=True, blank=True)
+    flow_stage = models.PositiveIntegerField(null=True, blank=True)
+    flow_index = models.PositiveIntegerField(null=True, blank=True)
+    # Concurrency limits (docs/concurrency-limits.md): at most ``max_concurrency`` rows
+    # with the same ``(task_name, concurrency_key)`` run at once, on all workers. Both
+    # are NULL for a task without a limit; the key is "" when the whole task is one group.
+    concurrency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    max_concurrency = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         verbose_name = _("task")
@@ -124,6 +142,20 @@ class TaskRecord(models.Model):
                 name="qtasks_finished_idx",
                 condition=Q(finished_at__isnull=False),
             ),
+            # A flow's next stage (released or cancelled when a stage ends) and the
+            # admin's view of one flow; tasks outside flows stay out.
+            models.Index(
+                fields=["flow_id", "flow_stage"],
+                name="qtasks_flow_idx",
+                condition=Q(flow_id__isnull=False),
+            ),
+            # How many tasks of one concurrency group run now: a claim reads it for each
+            # limited row it considers. Running limited rows only, so it stays tiny.
+            models.Index(
+                fields=["task_name", "concurrency_key"],
+                name="qtasks_limited_running_idx",
+                condition=Q(status="process") & Q(concurrency_key__isnull=False),
+            ),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -134,6 +166,12 @@ class TaskRecord(models.Model):
             models.CheckConstraint(
                 condition=Q(priority__gte=-100) & Q(priority__lte=100),
                 name="qtasks_priority_range",
+            ),
+            # A limit always comes with its group, and a group with a limit of 1 or more.
+            models.CheckConstraint(
+                condition=Q(max_concurrency__isnull=True, concurrency_key__isnull=True)
+                | Q(max_concurrency__gte=1, concurrency_key__isnull=False),
+                name="qtasks_concurrency_limit",
             ),
         ]
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError
 
+from .counters import TaskCounters
 from .db import reset_connection
 from .exceptions import TaskNotRegistered
 from .executor import BaseTaskExecutor
@@ -130,6 +131,7 @@ def run_child(
             "to_parent": to_parent,
             "max_tasks": spec["max_tasks"],
             "worker_id": spec["worker_id"],
+            "heartbeat_file": spec["heartbeat_file"],
         },
     )
     threading.Thread(
@@ -187,6 +189,8 @@ class ProcessPoolWorker(BaseWorker):
             settings
         )
         self._grace = settings.grace if grace is None else grace
+        # Outcomes settled here, for the metrics view; folded with the child's own counts.
+        self.counters = TaskCounters()
 
     # -- children ---------------------------------------------------------------------------
     def _spawn(self, number: int) -> _Child:
@@ -202,6 +206,7 @@ class ProcessPoolWorker(BaseWorker):
             "worker_id": worker_id,
             "verbosity": self.verbosity,
             "burst": self.burst,
+            "heartbeat_file": self.heartbeat_file,  # each child touches it on its heartbeats
         }
         process = self._context.Process(
             target=child_entry,
@@ -276,13 +281,15 @@ class ProcessPoolWorker(BaseWorker):
                 max_time = executor.max_time(definition) or 0
                 error = TaskTimeLimitExceeded(time_limit_message(max_time))
                 result = executor.failure(definition, task, error)
-        self.app.broker.finish(task, result)
+        if self.app.broker.finish(task, result):
+            self.counters.record(task, result.status)
 
     def _rescue(self, child: _Child, *, crashed: bool) -> None:
         for attempt in range(3):
             try:
                 self.app.broker.rescue(child.worker_id, crashed=crashed)
                 self.app.broker.forget_worker(child.worker_id)
+                self.counters.retire(self.app.broker.storage.global_config, child.worker_id)
                 return
             except DatabaseError:
                 logger.warning(

@@ -8,10 +8,12 @@ plain calls; ``AsyncQueueTasks`` is its async twin over the same registry and br
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import threading
 import time
 import uuid as uuid_lib
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
 
 from asgiref.sync import sync_to_async
@@ -20,6 +22,8 @@ from django.utils.module_loading import import_string
 
 from . import signals
 from .broker import BaseBroker
+from .concurrency import check_options as check_concurrency_options
+from .concurrency import resolve_group
 from .cron import CronError, validate_cron, validate_tz
 from .exceptions import (
     InvalidTaskCall,
@@ -63,6 +67,48 @@ def build_broker(settings: QTasksSettings) -> BaseBroker:
     )
     broker: BaseBroker = import_component(settings, "broker", BaseBroker)(settings, storage)
     return broker
+
+
+@dataclass(frozen=True)
+class _SpecBuilder:
+    """Builds the TaskSpecs of one task name from its validated, shared part."""
+
+    task_name: str
+    options: TaskOptions | None
+    queue: str
+    priority: int
+    max_retries: int
+    tags: tuple[str, ...]
+    max_args_size: int | None
+
+    def build(
+        self,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        *,
+        run_after: dt.datetime | None,
+        unique_key: str | None = None,
+        concurrency_key: str | None = None,
+    ) -> TaskSpec:
+        if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
+            raise InvalidTaskCall(f"unique_key must be a non-empty string, got {unique_key!r}.")
+        args = list(args)
+        encoded = check_json(args, kwargs, self.max_args_size)
+        group, max_concurrency = resolve_group(self.options, args, kwargs, concurrency_key)
+        return TaskSpec(
+            task_name=self.task_name,
+            args=args,
+            kwargs=dict(kwargs),
+            queue=self.queue,
+            priority=self.priority,
+            run_after=run_after,
+            max_retries=self.max_retries,
+            unique_key=unique_key,
+            tags=list(self.tags),
+            encoded=encoded,
+            concurrency_key=group,
+            max_concurrency=max_concurrency,
+        )
 
 
 class TaskRegistry:
@@ -187,7 +233,22 @@ class BaseQueueTasks:
         queue: str | None = None,
         run_after: RunAfter = None,
         unique_key: str | None = None,
+        concurrency_key: str | None = None,
     ) -> TaskSpec:
+        return self._spec_builder(task_name, priority, queue).build(
+            args,
+            kwargs,
+            run_after=resolve_run_after(run_after),
+            unique_key=unique_key,
+            concurrency_key=concurrency_key,
+        )
+
+    def _spec_builder(
+        self, task_name: str, priority: int | None, queue: str | None
+    ) -> _SpecBuilder:
+        """What every call of one task shares (options, defaults, validated queue and
+        priority), resolved once: a bulk enqueue of many calls of one task pays for it
+        once, not per call."""
         settings = self.settings
         options = self.registry.get(task_name).options if task_name in self.registry else None
         if priority is None:
@@ -197,21 +258,14 @@ class BaseQueueTasks:
         if queue is None:
             queue = (options.queue if options else None) or settings.default_queue
         retry = options.retry if options and options.retry is not None else settings.default_retry
-        if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
-            raise InvalidTaskCall(f"unique_key must be a non-empty string, got {unique_key!r}.")
-        args = list(args)
-        encoded = check_json(args, kwargs, settings.max_args_size)
-        return TaskSpec(
+        return _SpecBuilder(
             task_name=task_name,
-            args=args,
-            kwargs=dict(kwargs),
+            options=options,
             queue=validate_queue(queue, settings.queues),
             priority=validate_priority(priority),
-            run_after=resolve_run_after(run_after),
             max_retries=retry,
-            unique_key=unique_key,
-            tags=list(options.tags) if options else [],
-            encoded=encoded,
+            tags=tuple(options.tags) if options else (),
+            max_args_size=settings.max_args_size,
         )
 
     # -- the sync core; the async app wraps these --------------------------------------
@@ -262,6 +316,7 @@ class BaseQueueTasks:
         queue: str | None = None,
         run_after: RunAfter = None,
         unique_key: str | None = None,
+        concurrency_key: str | None = None,
         **kwargs: Any,
     ) -> Task:
         spec = self.build_spec(
@@ -272,6 +327,7 @@ class BaseQueueTasks:
             queue=queue,
             run_after=run_after,
             unique_key=unique_key,
+            concurrency_key=concurrency_key,
         )
         return self.sync_add_spec(spec, timeout=timeout)
 
@@ -287,17 +343,18 @@ class BaseQueueTasks:
         (``send(1)``) or ``(task_name, args, kwargs)`` tuples. All are validated before
         anything is written; all are stored or none."""
         specs = []
+        run_at = resolve_run_after(run_after)
+        builders: dict[str, _SpecBuilder] = {}
         for call in calls:
             args: Sequence[Any]
             if isinstance(call, TaskCls):
                 name, args, kwargs = call.task.name, call.args, call.kwargs
             else:
                 name, args, kwargs = call
-            specs.append(
-                self.build_spec(
-                    name, args, kwargs, priority=priority, queue=queue, run_after=run_after
-                )
-            )
+            builder = builders.get(name)
+            if builder is None:
+                builder = builders[name] = self._spec_builder(name, priority, queue)
+            specs.append(builder.build(args, kwargs, run_after=run_at))
         if not specs:
             return []
         tasks = self.broker.add_many(specs)
@@ -489,6 +546,7 @@ def _build_options(name: str, options: dict[str, Any]) -> TaskOptions:
             raise TaskRegistrationError(f"executor must be a BaseTaskExecutor subclass ({name}).")
         values["executor"] = executor
     _check_cron_options(name, values)
+    check_concurrency_options(name, values)
     return TaskOptions(name=name, **values)
 
 

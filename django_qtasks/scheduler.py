@@ -32,6 +32,7 @@ from . import signals
 from .cron import get_zone, latest_tick, next_tick
 from .db import reset_connection
 from .exceptions import ConfigurationError, QTasksError
+from .log import task_fields
 from .task import Task, TaskSpec
 
 if TYPE_CHECKING:
@@ -222,7 +223,7 @@ class Scheduler:
                 schedule.name,
                 task.uuid,
                 tick.isoformat(),
-                extra={"action": "scheduled", "task_uuid": str(task.uuid), "tick": tick},
+                extra=task_fields(task, action="scheduled", schedule=schedule.name, tick=tick),
             )
             signals.task_enqueued.send(sender=type(self.app), task=task)
         return created

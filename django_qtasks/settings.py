@@ -60,7 +60,7 @@ class QTasksSettings:
     grace: float = 30.0
     result_poll_interval: float = 0.2
     max_args_size: int | None = 1_048_576
-    listen_notify: bool = True
+    listen_notify: bool | str = "auto"  # "auto": see listener.listen_wanted()
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 30.0
     rescue_interval: float = 15.0
@@ -75,6 +75,8 @@ class QTasksSettings:
     schedule: tuple[ScheduleEntry, ...] = ()
     prune_after: float | None = None
     prune_batch_size: int = 1000
+    heartbeat_file: str | None = None  # touched on each heartbeat; see docs/monitoring.md
+    metrics_token: str | None = None  # a bearer token the metrics view asks for
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -139,7 +141,9 @@ def _validate(key: str, value: Any) -> Any:
         _check(key, value, value in MODES, " or ".join(repr(mode) for mode in MODES))
         return value
     if name == "listen_notify":
-        _check(key, value, isinstance(value, bool), "True or False")
+        # "auto": off where the database settings say a transaction pooler is in front.
+        ok = isinstance(value, bool) or value == "auto"
+        _check(key, value, ok, "True, False or 'auto'")
         return value
     if name in {"default_max_time", "max_args_size"} and value is None:
         return None
@@ -178,6 +182,10 @@ def _validate(key: str, value: Any) -> Any:
     if name == "prune_batch_size":
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
         _check(key, value, ok, "an integer >= 1")
+        return value
+    if name in {"heartbeat_file", "metrics_token"}:
+        ok = value is None or (isinstance(value, str) and bool(value))
+        _check(key, value, ok, "None or a non-empty string")
         return value
     if name == "extra":
         _check(key, value, isinstance(value, dict), "a dict")

@@ -4,17 +4,20 @@ The claim is one statement that selects waiting rows in claim order, locks them
 (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) and marks them ``process`` with the
 worker's id: no transaction stays open while a task runs. On SQLite the same
 ``UPDATE ... RETURNING`` takes the write lock when it starts, so two workers never
-claim one task.
+claim one task. A claim that returns tasks with a concurrency limit is followed by a
+short check that keeps within each group's limit (see ``DjangoStorage._check_limits``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
 import uuid as uuid_lib
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +26,10 @@ from django.db.models import F, OuterRef, Subquery
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from .concurrency import LOCK_CLASS, lock_key
 from .exceptions import ConfigurationError, TaskConflict
 from .global_config import BaseGlobalConfig
+from .listener import CHANNEL
 from .models import (
     ACTIVE_STATUSES,
     FINISHED_STATUSES,
@@ -49,29 +54,46 @@ CANCELLED = "django_qtasks.exceptions.TaskCancelled"
 _INSERT_COLUMNS = (
     "uuid", "task_name", "queue", "priority", "status", "args", "kwargs", "errors",
     "max_retries", "run_after", "created_at", "updated_at", "unique_key", "tags",
+    "concurrency_key", "max_concurrency",
 )  # fmt: skip
-_PG_ARRAY_TYPES = (
+_PG_TYPES = (
     "uuid", "text", "text", "smallint", "text", "text", "text", "text",
     "integer", "timestamptz", "timestamptz", "timestamptz", "text", "text",
+    "text", "integer",
 )  # fmt: skip
 _JSON_POSITIONS = frozenset({5, 6, 7, 13})
 _ARGS, _KWARGS = _INSERT_COLUMNS.index("args"), _INSERT_COLUMNS.index("kwargs")
+_PG_ONE_ROW = ", ".join(
+    f"%s::{'jsonb' if n in _JSON_POSITIONS else sql_type}"
+    for n, sql_type in enumerate(_PG_TYPES)
+)
 
 
 def _as_is(value: Any, connection: Any) -> Any:
     return value
 
 
-_INSERT_CONSTANTS = {
-    "returning": "NULL",
-    "traceback": "''",
-    "attempt": "0",
-    "started_at": "NULL",
-    "finished_at": "NULL",
-    "worker_id": "''",
-    "cancel_requested": "FALSE",
-    "progress": "NULL",
+_INSERT_CONSTANTS: dict[str, Any] = {
+    "returning": None,
+    "traceback": "",
+    "attempt": 0,
+    "started_at": None,
+    "finished_at": None,
+    "worker_id": "",
+    "cancel_requested": False,
+    "progress": None,
 }
+
+
+def _sql_literal(value: Any) -> str:
+    """A constant of ``_INSERT_CONSTANTS`` as SQL (COPY takes the values themselves)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return str(int(value))
 
 
 def _insert_fields() -> list[Any]:
@@ -79,6 +101,8 @@ def _insert_fields() -> list[Any]:
 
 
 _NOW = object()  # stands for "the time of the statement" in _update_with_error
+_CLAIM_ROUNDS = 3  # claims in one claim() call, when limited tasks were handed back
+_PREVIOUS = "qtasks_previous_status"  # the claim's extra column: a limited row's old status
 
 
 @dataclass(frozen=True)
@@ -137,7 +161,11 @@ class BaseStorage(ABC):
 
         With ``uuids``, only those tasks are claimed, if they are waiting, whatever their
         ``run_after``: the in-process runner of :mod:`django_qtasks.testing` runs one
-        given task, and its retries at once."""
+        given task, and its retries at once.
+
+        A task with ``max_concurrency`` is returned only if running it keeps its group
+        within the limit, counting every worker (docs/concurrency-limits.md): every
+        caller runs what this returns, so the limit is enforced here."""
 
     def next_run_after(
         self, queues: Sequence[str] | None, exclude: Collection[str] = ()
@@ -224,6 +252,14 @@ class BaseStorage(ABC):
         each schedule's newest (its "last run", which decides the catch-up)."""
         raise NotImplementedError(f"{type(self).__name__} does not support pruning")
 
+    # -- flows (not abstract: a Storage without them has no chains and groups; see
+    # docs/workflows.md) ------------------------------------------------------------------
+    def add_flow(self, specs: Sequence[TaskSpec]) -> list[Task]:
+        """Store every task of a chain or group, all or none, as the specs say: their
+        ``flow_*`` places, and ``blocked`` for those that wait for an earlier stage.
+        ``finish_many`` then releases each stage when the one before it succeeded."""
+        raise NotImplementedError(f"{type(self).__name__} does not support flows")
+
 
 class DjangoStorage(BaseStorage):
     """Storage on the ``TaskRecord`` model."""
@@ -301,13 +337,15 @@ class DjangoStorage(BaseStorage):
                 cancel_requested=False,
                 progress=None,
                 tags=spec.tags,
+                concurrency_key=spec.concurrency_key,
+                max_concurrency=spec.max_concurrency,
             )
             for spec in specs
         ]
         ops = connection.ops
         table = ops.quote_name(TaskRecord._meta.db_table)
         names = ", ".join(ops.quote_name(c) for c in (*_INSERT_COLUMNS, *_INSERT_CONSTANTS))
-        constants = ", ".join(_INSERT_CONSTANTS.values())
+        constants = ", ".join(_sql_literal(value) for value in _INSERT_CONSTANTS.values())
         columns = [[getattr(task, name) for task in tasks] for name in _INSERT_COLUMNS]
         # args and kwargs go in as the JSON text build_spec made when it validated them.
         for position, part in ((_ARGS, 0), (_KWARGS, 1)):
@@ -319,17 +357,22 @@ class DjangoStorage(BaseStorage):
             if connection.vendor == "postgresql":
                 for position in _JSON_POSITIONS - {_ARGS, _KWARGS}:
                     columns[position] = [json.dumps(value) for value in columns[position]]
-                arrays = ", ".join(f"%s::{sql_type}[]" for sql_type in _PG_ARRAY_TYPES)
-                selected = ", ".join(
-                    f"c{n}::jsonb" if n in _JSON_POSITIONS else f"c{n}"
-                    for n in range(len(_INSERT_COLUMNS))
-                )
-                aliases = ", ".join(f"c{n}" for n in range(len(_INSERT_COLUMNS)))
-                cursor.execute(
-                    f"INSERT INTO {table} ({names}) SELECT {selected}, {constants} "
-                    f"FROM unnest({arrays}) AS u({aliases})",
-                    columns,
-                )
+                if len(tasks) == 1:
+                    # One row, the common add_task(): plain VALUES parse and plan in
+                    # about half the time of unnest() over one-element arrays.
+                    cursor.execute(
+                        f"INSERT INTO {table} ({names}) VALUES ({_PG_ONE_ROW}, {constants})",
+                        [column[0] for column in columns],
+                    )
+                    return tasks
+                # Many rows: COPY, PostgreSQL's bulk path. It takes the values as they
+                # are (no SQL text to build and parse), about twice the rate of an
+                # INSERT over unnest() arrays. It runs on psycopg's own cursor, so it
+                # bypasses Django's query logging; it is still one statement, atomic.
+                constant_values = tuple(_INSERT_CONSTANTS.values())
+                with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                    for row in zip(*columns, strict=True):
+                        copy.write_row((*row, *constant_values))
             else:
                 prepare = [field.get_db_prep_save for field in _insert_fields()]
                 prepare[_ARGS] = prepare[_KWARGS] = _as_is  # encoded already
@@ -358,6 +401,34 @@ class DjangoStorage(BaseStorage):
     ) -> list[Task]:
         if limit <= 0 or (uuids is not None and not uuids):
             return []
+        claimed: list[Task] = []
+        # A batch whose limited rows had to be handed back leaves this worker's threads
+        # free: claim again at once (other tasks may be ready), a few rounds at most. The
+        # handed-back rows are skipped: the running rows that made them excess are
+        # committed, so the claim's hint now sees their group full.
+        for _round in range(_CLAIM_ROUNDS):
+            batch, previous = self._claim_batch(
+                worker_id, queues, limit - len(claimed), exclude, uuids
+            )
+            handed_back = 0
+            if previous:  # limited rows in the batch: the common path never gets here
+                batch, handed_back = self._check_limits(worker_id, batch, previous)
+            claimed += batch
+            if not handed_back or len(claimed) >= limit:
+                break
+        claimed.sort(key=lambda t: (-t.priority, t.run_after, t.created_at))
+        return claimed
+
+    def _claim_batch(
+        self,
+        worker_id: str,
+        queues: Sequence[str] | None,
+        limit: int,
+        exclude: Collection[str],
+        uuids: Collection[uuid_lib.UUID] | None,
+    ) -> tuple[list[Task], dict[uuid_lib.UUID, str]]:
+        """One claim statement; returns the tasks and, for the limited ones only, the
+        status each had before (``new`` or ``retry``), should it have to be handed back."""
         connection = connections[self.alias]
         ops = connection.ops
         table = ops.quote_name(TaskRecord._meta.db_table)
@@ -382,18 +453,39 @@ class DjangoStorage(BaseStorage):
         if exclude:
             where += f" AND queue NOT IN ({', '.join(['%s'] * len(exclude))})"
             params.extend(exclude)
+        # The concurrency hint: a limited row whose group is full now is not taken. Only
+        # limited rows pay for the count (through qtasks_limited_running_idx). It can be
+        # wrong (two workers count at once, one batch takes several rows of a group):
+        # _check_limits decides; the hint only keeps a full group's rows from churning.
+        where += (
+            " AND CASE WHEN max_concurrency IS NULL THEN TRUE ELSE "
+            f"(SELECT COUNT(*) FROM {table} r WHERE r.status = '{TaskStatus.PROCESS.value}' "
+            f"AND r.concurrency_key IS NOT NULL AND r.task_name = {table}.task_name "
+            f"AND r.concurrency_key = {table}.concurrency_key) < max_concurrency END"
+        )
         lock = (
             " FOR UPDATE SKIP LOCKED"
             if connection.features.has_select_for_update_skip_locked
             else ""
         )
         postgres = connection.vendor == "postgresql"
-        returned = ", ".join(ops.quote_name(name) for name in _CLAIM_COLUMNS) if postgres else "*"
+        # What the status was, for limited rows only (NULL for the others). PostgreSQL
+        # skips the look-up for unlimited rows. SQLite (3.40) evaluates ``x IS NULL``
+        # wrongly in a RETURNING clause, so there the CTE decides and every row looks
+        # its ``was`` up (in the CTE's automatic index).
+        previous = f"(SELECT p.was FROM picked p WHERE p.uuid = {table}.uuid)"
+        returned = (
+            ", ".join(ops.quote_name(name) for name in _CLAIM_COLUMNS)
+            + f", CASE WHEN {table}.max_concurrency IS NULL THEN NULL ELSE {previous} END"
+            if postgres
+            else f"*, {previous} AS {_PREVIOUS}"
+        )
         # The batch is picked once, in a MATERIALIZED CTE: a plain `uuid IN (SELECT ...
         # LIMIT n SKIP LOCKED)` may be run again by some plans, and each run can lock
         # other rows, claiming more than n.
         sql = (
-            f"WITH picked AS MATERIALIZED (SELECT uuid FROM {table} WHERE {where} "
+            f"WITH picked AS MATERIALIZED (SELECT uuid, CASE WHEN max_concurrency IS NULL "
+            f"THEN NULL ELSE status END AS was FROM {table} WHERE {where} "
             f"ORDER BY priority DESC, run_after, created_at LIMIT %s{lock}) "
             f"UPDATE {table} SET status = %s, worker_id = %s, attempt = attempt + 1, "
             f"started_at = %s, updated_at = %s "
@@ -401,6 +493,7 @@ class DjangoStorage(BaseStorage):
             f"RETURNING {returned}"
         )
         all_params = [*params, limit, TaskStatus.PROCESS.value, worker_id, now, now]
+        was: dict[uuid_lib.UUID, str] = {}
         if postgres:
             # The hot path: plain rows into snapshots, no model instances. Django's
             # psycopg setup hands jsonb over as text, for JSONField to decode.
@@ -414,11 +507,127 @@ class DjangoStorage(BaseStorage):
                     "returning": None,
                     "finished_at": None,
                 }
-                tasks = [_snapshot_from_pg_row(row, known) for row in cursor.fetchall()]
+                tasks = []
+                for row in cursor.fetchall():
+                    tasks.append(_snapshot_from_pg_row(row[:-1], known))
+                    if row[-1] is not None:
+                        was[tasks[-1].uuid] = row[-1]
         else:
-            tasks = [Task.from_record(r) for r in self._records().raw(sql, all_params)]
+            tasks = []
+            for record in self._records().raw(sql, all_params):
+                tasks.append(Task.from_record(record))
+                if getattr(record, _PREVIOUS) is not None:
+                    was[record.uuid] = getattr(record, _PREVIOUS)
         tasks.sort(key=lambda t: (-t.priority, t.run_after, t.created_at))
-        return tasks
+        return tasks, was
+
+    def _check_limits(
+        self, worker_id: str, tasks: list[Task], previous: dict[uuid_lib.UUID, str]
+    ) -> tuple[list[Task], int]:
+        """Keep the limited tasks of a claim that fit in their groups' limits and hand
+        the others back (undoing their claim), in one short transaction; returns the
+        tasks to run and how many were handed back.
+
+        Why a limit is never exceeded. A task runs only once a check kept it, and the
+        checks of one group never overlap: on PostgreSQL each takes the group's
+        transaction-level advisory lock (groups in sorted order, so two checks never
+        wait for each other in a cycle), on SQLite the first write takes the database's
+        write lock. Under that lock the check counts the group's ``process`` rows in a
+        statement that starts after the lock was granted (READ COMMITTED: it sees
+        every commit made before it). The claim statement that marked a row ``process``
+        committed before that row's check began, and a check commits (handing back
+        what it does not keep) before it releases the lock. So every row kept by an
+        earlier check that still runs is in the count, with this worker's own claims
+        and any other claims not yet checked, which only make the count larger. The
+        check keeps at most ``limit - (count - own)`` of its own rows, so kept and
+        running rows of the group are never more than the limit; rows only leave
+        ``process`` (finished, rescued, handed back), never join it without a check.
+        Where a group's rows carry different limits (the option changed between two
+        deployments), the smallest limit among this worker's rows applies. (The one
+        exception is delivery's own: a worker cut off from the database past its
+        heartbeat's expiry may still run a task that was rescued and claimed again.)
+        """
+        connection = connections[self.alias]
+        ops = connection.ops
+        table = ops.quote_name(TaskRecord._meta.db_table)
+        pk = TaskRecord._meta.pk
+        mine: dict[tuple[str, str], list[Task]] = {}
+        for task in tasks:  # in claim order, so the last of a group has the lowest priority
+            if task.uuid in previous:
+                mine.setdefault((task.task_name, task.concurrency_key or ""), []).append(task)
+        excess: list[Task] = []
+        postgres = connection.vendor == "postgresql"
+        nested = connection.in_atomic_block
+        with transaction.atomic(using=self.alias), connection.cursor() as cursor:
+            if postgres:
+                level = getattr(getattr(connection, "isolation_level", None), "name", "")
+                if not nested and level in ("REPEATABLE_READ", "SERIALIZABLE"):
+                    # The count must see commits made while this waited for the lock;
+                    # SET TRANSACTION lasts for this transaction only (poolers allow it).
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                # In array order (a function scan): sorted, so no two checks deadlock.
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(%s, k) FROM unnest(%s::integer[]) AS u(k)",
+                    [LOCK_CLASS, sorted({lock_key(*group) for group in mine})],
+                )
+            else:
+                first = next(iter(previous))
+                cursor.execute(
+                    f"UPDATE {table} SET updated_at = updated_at WHERE uuid = %s",
+                    [pk.get_db_prep_value(first, connection)],
+                )
+            matches = " OR ".join(["(task_name = %s AND concurrency_key = %s)"] * len(mine))
+            cursor.execute(
+                f"SELECT task_name, concurrency_key, COUNT(*) FROM {table} "
+                f"WHERE status = '{TaskStatus.PROCESS.value}' AND concurrency_key IS NOT NULL "
+                f"AND ({matches}) GROUP BY task_name, concurrency_key",
+                [value for group in mine for value in group],
+            )
+            running = {(name, key): count for name, key, count in cursor.fetchall()}
+            for group, rows in mine.items():
+                over = running.get(group, 0) - min(t.max_concurrency or 1 for t in rows)
+                if over > 0:
+                    excess += rows[-over:]
+            if excess:
+                self._undo_claims(cursor, worker_id, excess, previous)
+        if not excess:
+            return tasks, 0
+        logger.debug(
+            "Handed back %d task(s) over their concurrency limit",
+            len(excess),
+            extra={"action": "concurrency_limited", "count": len(excess)},
+        )
+        dropped = {task.uuid for task in excess}
+        return [task for task in tasks if task.uuid not in dropped], len(excess)
+
+    def _undo_claims(
+        self,
+        cursor: Any,
+        worker_id: str,
+        tasks: list[Task],
+        previous: dict[uuid_lib.UUID, str],
+    ) -> None:
+        """Put claimed tasks back as they were before the claim: their status (``new``
+        or ``retry``), their attempt, no worker and no start time."""
+        connection = connections[self.alias]
+        ops = connection.ops
+        table = ops.quote_name(TaskRecord._meta.db_table)
+        pk = TaskRecord._meta.pk
+        now = ops.adapt_datetimefield_value(timezone.now())
+        for status in (TaskStatus.NEW.value, TaskStatus.RETRY.value):
+            uuids = [
+                pk.get_db_prep_value(t.uuid, connection)
+                for t in tasks
+                if previous.get(t.uuid, TaskStatus.NEW.value) == status
+            ]
+            if uuids:
+                cursor.execute(
+                    f"UPDATE {table} SET status = %s, attempt = attempt - 1, worker_id = '', "
+                    f"started_at = NULL, updated_at = %s WHERE uuid IN "
+                    f"({', '.join(['%s'] * len(uuids))}) "
+                    f"AND status = '{TaskStatus.PROCESS.value}' AND worker_id = %s",
+                    [status, now, *uuids, worker_id],
+                )
 
     def next_run_after(
         self, queues: Sequence[str] | None, exclude: Collection[str] = ()
@@ -486,12 +695,29 @@ class DjangoStorage(BaseStorage):
                     None if retry else now,
                 )
             )
-        # One transaction (one commit, one fsync) for the whole batch.
-        with transaction.atomic(using=self.alias), connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
+        postgres = connection.vendor == "postgresql"
+        # One transaction (one commit, one fsync) for the whole batch. On PostgreSQL a
+        # batch without chain or group steps is one statement, atomic by itself: no
+        # BEGIN and COMMIT round trips.
+        atomic = not postgres or any(task.flow_id is not None for task, _ in items)
+        with (
+            transaction.atomic(using=self.alias) if atomic else nullcontext(),
+            connection.cursor() as cursor,
+        ):
+            if postgres:
                 stored = self._finish_pg(cursor, rows, now)
             else:
                 stored = self._finish_sqlite(cursor, rows, now)
+            # Only a finished task of a chain or group costs more statements.
+            flows = [
+                (task, outcome)
+                for task, outcome in items
+                if task.flow_id is not None
+                and outcome.status != TaskStatus.RETRY
+                and task.uuid in stored
+            ]
+            if flows:
+                self._advance_flows(flows)
         results = []
         for task, outcome in items:
             results.append(task.uuid in stored)
@@ -641,7 +867,13 @@ class DjangoStorage(BaseStorage):
             assignments = [("status = %s", [TaskStatus.RETRY]), ("attempt = attempt - 1", [])]
         message = f"Task lost: {why}."
         assignments += [("run_after = %s", [_NOW]), ("traceback = %s", [message])]
-        rescued = self._update_with_error(assignments, where, where_params, WORKER_LOST, message)
+        with transaction.atomic(using=self.alias):
+            rescued = self._update_with_error(
+                assignments, where, where_params, WORKER_LOST, message
+            )
+            failed = [uuid for uuid, status in rescued if status == TaskStatus.ERROR]
+            if failed:
+                self._cancel_flows_after(failed)
         for uuid, status in rescued:
             logger.warning(
                 "Task %s rescued to %r: %s",
@@ -655,18 +887,22 @@ class DjangoStorage(BaseStorage):
     def cancel(self, uuid: uuid_lib.UUID | str, reason: str = "") -> Task | None:
         pk = TaskRecord._meta.pk.get_db_prep_value(_as_uuid(uuid), connections[self.alias])
         message = reason or "cancelled"
-        # A waiting task is cancelled at once: it never runs.
-        self._update_with_error(
-            [
-                ("status = %s", [TaskStatus.CANCEL]),
-                ("cancel_requested = %s", [True]),
-                ("finished_at = %s", [_NOW]),
-            ],
-            "uuid = %s AND status IN (%s, %s)",
-            [pk, TaskStatus.NEW, TaskStatus.RETRY],
-            CANCELLED,
-            message,
-        )
+        with transaction.atomic(using=self.alias):
+            # A waiting (or blocked) task is cancelled at once: it never runs, and neither
+            # do the later steps of its flow.
+            cancelled = self._update_with_error(
+                [
+                    ("status = %s", [TaskStatus.CANCEL]),
+                    ("cancel_requested = %s", [True]),
+                    ("finished_at = %s", [_NOW]),
+                ],
+                "uuid = %s AND status IN (%s, %s, %s)",
+                [pk, TaskStatus.NEW, TaskStatus.RETRY, TaskStatus.BLOCKED],
+                CANCELLED,
+                message,
+            )
+            if cancelled:
+                self._cancel_flows_after([uuid for uuid, _status in cancelled])
         # A running task is asked to stop (once); its worker sees the flag within a beat.
         self._update_with_error(
             [("cancel_requested = %s", [True])],
@@ -682,6 +918,152 @@ class DjangoStorage(BaseStorage):
             self._records()
             .filter(worker_id=worker_id, status=TaskStatus.PROCESS, cancel_requested=True)
             .values_list("uuid", flat=True)
+        )
+
+    # -- flows (chains and groups) ----------------------------------------------------------
+    def add_flow(self, specs: Sequence[TaskSpec]) -> list[Task]:
+        connection = connections[self.alias]
+        meta = TaskRecord._meta
+        flow_field = meta.get_field("flow_id")
+        with transaction.atomic(using=self.alias):
+            # The plain INSERT of every task, then their places in the flow: enqueuing a
+            # flow is rare next to add_task(), whose INSERT stays as lean as it is.
+            tasks = [
+                dataclasses.replace(
+                    task,
+                    status=(TaskStatus.BLOCKED if spec.blocked else TaskStatus.NEW).value,
+                    flow_id=spec.flow_id,
+                    flow_stage=spec.flow_stage,
+                    flow_index=spec.flow_index,
+                )
+                for task, spec in zip(self._insert(specs), specs, strict=True)
+            ]
+            rows = [
+                [
+                    task.status,
+                    flow_field.get_db_prep_value(task.flow_id, connection),
+                    task.flow_stage,
+                    task.flow_index,
+                    meta.pk.get_db_prep_value(task.uuid, connection),
+                ]
+                for task in tasks
+            ]
+            table = connection.ops.quote_name(meta.db_table)
+            with connection.cursor() as cursor:
+                cursor.executemany(
+                    f"UPDATE {table} SET status = %s, flow_id = %s, flow_stage = %s, "
+                    "flow_index = %s WHERE uuid = %s",
+                    rows,
+                )
+        return tasks
+
+    def _advance_flows(self, finished: Sequence[tuple[Task, Outcome]]) -> None:
+        """After tasks of flows finished (in the caller's transaction): cancel what
+        follows a failed or cancelled one, and release the next stage of each stage
+        that may now be complete. Flows are taken in one order (by ``flow_id``), so
+        that two batches never lock the rows of two flows in opposite orders."""
+        released: set[tuple[uuid_lib.UUID, int]] = set()
+        for task, outcome in sorted(finished, key=lambda item: str(item[0].flow_id)):
+            if task.flow_id is None or task.flow_stage is None:
+                continue
+            if outcome.status != TaskStatus.SUCCESS:
+                self._cancel_later_steps(
+                    task.uuid, task.task_name, outcome.status, task.flow_id, task.flow_stage
+                )
+            elif (task.flow_id, task.flow_stage) not in released:
+                released.add((task.flow_id, task.flow_stage))
+                self._release_stage(task.flow_id, task.flow_stage + 1)
+
+    def _release_stage(self, flow_id: uuid_lib.UUID, stage: int) -> None:
+        """Make the blocked tasks of ``stage`` ready, with the result of the stage before
+        appended to their ``args``, if every task of that stage succeeded.
+
+        Two workers may finish the last two tasks of a stage at the same moment, each
+        seeing the other's as still running: so the next stage's rows are locked first
+        (``FOR UPDATE``; SQLite's transaction holds the write lock already) and the stage
+        before is read in a new statement, which sees whatever the other transaction
+        committed before it let the lock go. Exactly one of them releases.
+        """
+        connection = connections[self.alias]
+        ops = connection.ops
+        table = ops.quote_name(TaskRecord._meta.db_table)
+        flow = TaskRecord._meta.get_field("flow_id").get_db_prep_value(flow_id, connection)
+        postgres = connection.vendor == "postgresql"
+        blocked = TaskStatus.BLOCKED.value
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT uuid FROM {table} WHERE flow_id = %s AND flow_stage = %s "
+                f"AND status = '{blocked}' ORDER BY uuid{' FOR UPDATE' if postgres else ''}",
+                [flow, stage],
+            )
+            if not cursor.fetchall():
+                return  # the end of the flow, or released or cancelled already
+            cursor.execute(
+                f'SELECT status, "returning", flow_index FROM {table} '
+                "WHERE flow_id = %s AND flow_stage = %s ORDER BY flow_index",
+                [flow, stage - 1],
+            )
+            before = cursor.fetchall()
+            if not before or any(status != TaskStatus.SUCCESS for status, _, _ in before):
+                return  # still running (or failed: its cancel has run or will)
+            # Django hands JSON columns over as text, on both databases.
+            results = [None if value is None else json.loads(value) for _, value, _ in before]
+            passed = results if before[0][2] is not None else results[0]
+            append = (
+                "args || jsonb_build_array(%s::jsonb)"
+                if postgres
+                else "json_insert(args, '$[#]', json(%s))"
+            )
+            now = ops.adapt_datetimefield_value(timezone.now())
+            cursor.execute(
+                f"UPDATE {table} SET status = '{TaskStatus.NEW.value}', args = {append}, "
+                f"run_after = %s, updated_at = %s "
+                f"WHERE flow_id = %s AND flow_stage = %s AND status = '{blocked}' "
+                "RETURNING queue",
+                [json.dumps(passed), now, now, flow, stage],
+            )
+            queues = sorted({queue for (queue,) in cursor.fetchall()})
+            if postgres and queues:
+                # The notify trigger fires on INSERT only: wake idle workers here (sent
+                # at commit, like the trigger's).
+                cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, ",".join(queues)])
+
+    def _cancel_flows_after(self, uuids: Collection[uuid_lib.UUID]) -> None:
+        """Cancel the blocked later steps of the flows of these failed or cancelled
+        tasks (in the caller's transaction): they would wait for a result that never
+        comes. Tasks outside flows cost one indexed read."""
+        connection = connections[self.alias]
+        pk = TaskRecord._meta.pk
+        marks = ", ".join(["%s"] * len(uuids))
+        table = connection.ops.quote_name(TaskRecord._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT uuid, task_name, status, flow_id, flow_stage FROM {table} "
+                f"WHERE uuid IN ({marks}) AND flow_id IS NOT NULL",
+                [pk.get_db_prep_value(uuid, connection) for uuid in uuids],
+            )
+            ended = cursor.fetchall()
+        for uuid, task_name, status, flow_id, stage in sorted(ended, key=lambda row: str(row[3])):
+            self._cancel_later_steps(_as_uuid(uuid), task_name, status, flow_id, stage)
+
+    def _cancel_later_steps(
+        self, uuid: uuid_lib.UUID, task_name: str, status: str, flow_id: Any, stage: int
+    ) -> None:
+        """Cancel the blocked steps after ``stage`` of a flow, saying which task ended it."""
+        flow = TaskRecord._meta.get_field("flow_id").get_db_prep_value(
+            flow_id, connections[self.alias]
+        )
+        message = f"Cancelled: an earlier step of its flow, {task_name} ({uuid}), ended {status}."
+        self._update_with_error(
+            [
+                ("status = %s", [TaskStatus.CANCEL]),
+                ("finished_at = %s", [_NOW]),
+                ("traceback = %s", [message]),
+            ],
+            "flow_id = %s AND flow_stage > %s AND status = %s",
+            [flow, stage, TaskStatus.BLOCKED],
+            CANCELLED,
+            message,
         )
 
     # -- schedules -------------------------------------------------------------------------
@@ -741,11 +1123,15 @@ class DjangoStorage(BaseStorage):
                 f"got {', '.join(chosen) or 'none'}."
             )
         connection = connections[self.alias]
+        table = connection.ops.quote_name(TaskRecord._meta.db_table)
         # Through the finished-rows index (finished_at, status): waiting and running rows
-        # have no finished_at, so they are neither read nor locked.
+        # have no finished_at, so they are neither read nor locked. A finished task of a
+        # flow whose later steps still wait stays: their release reads its result.
         where = (
             f"finished_at IS NOT NULL AND finished_at < %s "
-            f"AND status IN ({', '.join(['%s'] * len(chosen))})"
+            f"AND status IN ({', '.join(['%s'] * len(chosen))}) "
+            f"AND (flow_id IS NULL OR NOT EXISTS (SELECT 1 FROM {table} b "
+            f"WHERE b.flow_id = {table}.flow_id AND b.status = '{TaskStatus.BLOCKED.value}'))"
         )
         return where, [connection.ops.adapt_datetimefield_value(before), *chosen]
 
@@ -829,7 +1215,8 @@ def _errors_plus(vendor: str, entry_sql: str) -> str:
 _CLAIM_COLUMNS = (
     "uuid", "task_name", "priority", "queue", "args", "kwargs", "traceback", "errors",
     "attempt", "max_retries", "run_after", "created_at", "unique_key", "cancel_requested",
-    "progress", "tags",
+    "progress", "tags", "flow_id", "flow_stage", "flow_index", "concurrency_key",
+    "max_concurrency",
 )  # fmt: skip
 _CLAIM_JSON = tuple(
     i for i, name in enumerate(_CLAIM_COLUMNS)

@@ -54,6 +54,15 @@ class Task:
     cancel_requested: bool
     progress: dict[str, Any] | None
     tags: list[str]
+    # Chains and groups: see TaskRecord and docs/workflows.md. A finished task with a
+    # ``flow_id`` may release (or cancel) the next stage of its flow.
+    flow_id: UUID | None = None
+    flow_stage: int | None = None
+    flow_index: int | None = None
+    # Concurrency limits (docs/concurrency-limits.md): the task's group within its task
+    # name ("" for the whole task) and how many of the group may run at once.
+    concurrency_key: str | None = None
+    max_concurrency: int | None = None
 
     @classmethod
     def from_record(cls, record: TaskRecord) -> Task:
@@ -109,6 +118,11 @@ class TaskOptions:
     cron: str | None = None
     cron_tz: str | None = None  # None: Django's TIME_ZONE
     cron_catch_up: bool = True
+    # At most this many tasks of this name run at once, on all workers; with
+    # ``concurrency_key`` (a string, or a function of the task's arguments that returns
+    # one), at most this many per key. See docs/concurrency-limits.md.
+    max_concurrency: int | None = None
+    concurrency_key: str | Callable[..., str] | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +141,15 @@ class TaskSpec:
     # ``args`` and ``kwargs`` as the JSON text to store, when the builder has encoded
     # them already (it must, to validate them): Storage writes it as it is.
     encoded: tuple[str, str] | None = None
+    # Its place in a chain or group (see django_qtasks.workflows); a ``blocked`` task
+    # waits for the stage before it instead of being ready at once.
+    flow_id: UUID | None = None
+    flow_stage: int | None = None
+    flow_index: int | None = None
+    blocked: bool = False
+    # The concurrency group ("" for the whole task) and its limit; both None: no limit.
+    concurrency_key: str | None = None
+    max_concurrency: int | None = None
 
 
 def validate_priority(priority: Any) -> int:
@@ -169,6 +192,10 @@ def resolve_run_after(run_after: RunAfter) -> dt.datetime | None:
     )
 
 
+# One encoder for every call: json.dumps(..., allow_nan=False) builds a new one each time.
+_encode_json = json.JSONEncoder(allow_nan=False).encode
+
+
 def check_json(
     args: Sequence[Any], kwargs: dict[str, Any], max_bytes: int | None
 ) -> tuple[str, str]:
@@ -176,7 +203,7 @@ def check_json(
     hot), failing before anything is stored if an argument would not survive JSON (the
     error names it) or if they are too big to belong in a queue row."""
     try:
-        encoded = json.dumps(list(args), allow_nan=False), json.dumps(kwargs, allow_nan=False)
+        encoded = _encode_json(list(args)), _encode_json(kwargs)
     except (TypeError, ValueError):
         _raise_for_bad_argument(args, kwargs)
         raise
@@ -249,6 +276,7 @@ class BaseTask(Generic[A]):
         queue: str | None = None,
         run_after: RunAfter = None,
         unique_key: str | None = None,
+        concurrency_key: str | None = None,
     ) -> TaskSpec:
         return self.app.build_spec(
             self.name,
@@ -258,6 +286,7 @@ class BaseTask(Generic[A]):
             queue=queue,
             run_after=run_after,
             unique_key=unique_key,
+            concurrency_key=concurrency_key,
         )
 
 
@@ -272,11 +301,18 @@ class SyncTask(BaseTask["QueueTasks"]):
         queue: str | None = None,
         run_after: RunAfter = None,
         unique_key: str | None = None,
+        concurrency_key: str | None = None,
         **kwargs: Any,
     ) -> Task:
         """Store a new task and return its snapshot (or, with ``timeout``, the finished task)."""
         spec = self.build_spec(
-            args, kwargs, priority=priority, queue=queue, run_after=run_after, unique_key=unique_key
+            args,
+            kwargs,
+            priority=priority,
+            queue=queue,
+            run_after=run_after,
+            unique_key=unique_key,
+            concurrency_key=concurrency_key,
         )
         return self.app.sync_add_spec(spec, timeout=timeout)
 
@@ -309,10 +345,17 @@ class AsyncTask(BaseTask["AsyncQueueTasks"]):
         queue: str | None = None,
         run_after: RunAfter = None,
         unique_key: str | None = None,
+        concurrency_key: str | None = None,
         **kwargs: Any,
     ) -> Task:
         spec = self.build_spec(
-            args, kwargs, priority=priority, queue=queue, run_after=run_after, unique_key=unique_key
+            args,
+            kwargs,
+            priority=priority,
+            queue=queue,
+            run_after=run_after,
+            unique_key=unique_key,
+            concurrency_key=concurrency_key,
         )
         return await self.app.add_spec(spec, timeout=timeout)
 
@@ -340,6 +383,7 @@ class TaskCls:
         queue: str | None = None,
         run_after: RunAfter = None,
         unique_key: str | None = None,
+        concurrency_key: str | None = None,
     ) -> Any:
         """Enqueue the call; returns a ``Task`` (a coroutine of one for an ``AsyncTask``)."""
         spec = self.task.build_spec(
@@ -349,6 +393,7 @@ class TaskCls:
             queue=queue,
             run_after=run_after,
             unique_key=unique_key,
+            concurrency_key=concurrency_key,
         )
         return self.task.app.add_spec(spec, timeout=timeout)
 

@@ -24,10 +24,12 @@ from django.utils import timezone
 
 from . import signals
 from .context import TaskContext
+from .counters import TaskCounters
 from .db import close_if_broken, ensure_usable, reset_connection
 from .exceptions import TaskNotRegistered, describe_exception
 from .executor import BaseTaskExecutor
 from .heartbeat import Heartbeat
+from .log import task_fields
 from .models import TaskStatus
 from .scheduler import Scheduler
 from .settings import import_component
@@ -64,6 +66,7 @@ class BaseWorker(ABC):
         burst: bool = False,
         poll_interval: float = 1.0,
         worker_id: str | None = None,
+        heartbeat_file: str | None = None,
     ) -> None:
         self.app = app
         self.queues = queues
@@ -71,6 +74,8 @@ class BaseWorker(ABC):
         self.burst = burst
         self.poll_interval = poll_interval
         self.worker_id = worker_id or make_worker_id()
+        # Touched on each heartbeat that reached the database (a liveness probe's file).
+        self.heartbeat_file = heartbeat_file or app.settings.heartbeat_file
 
     def start(self) -> None:
         signals.component_started.send(sender=type(self), component=self, name=self.component_name)
@@ -110,6 +115,8 @@ class ThreadWorker(BaseWorker):
         self.timekeeper = Timekeeper()
         self.heartbeat: Heartbeat | None = None
         self.paused: frozenset[str] = frozenset()
+        # Outcomes counted for the metrics view, flushed to GlobalConfig on each heartbeat.
+        self.counters = TaskCounters()
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -152,6 +159,8 @@ class ThreadWorker(BaseWorker):
             running=lambda: self.in_flight,
             on_cancel=self.request_cancel,
             on_paused=self._set_paused,
+            on_beat=self._flush_counters,
+            heartbeat_file=self.heartbeat_file,
             # Periodic tasks: every (non-burst) worker runs the scheduler; the database
             # lets each tick in once. Built first, so a bad schedule fails at start.
             scheduler=None if self.burst else Scheduler(self.app, worker_id=self.worker_id),
@@ -210,6 +219,9 @@ class ThreadWorker(BaseWorker):
                 self._wait_for_change(stop)
                 continue
             broker.wait_for_work(self._idle_for(), stop, self.queues)
+
+    def _flush_counters(self) -> None:
+        self.counters.flush(self.app.broker.storage.global_config, self.worker_id)
 
     def _set_paused(self, queues: set[str]) -> None:
         if queues != self.paused:
@@ -300,6 +312,7 @@ class ThreadWorker(BaseWorker):
                     extra={"action": "handed_back"},
                 )
             broker.forget_worker(self.worker_id)
+            self.counters.retire(broker.storage.global_config, self.worker_id)
         except DatabaseError:
             logger.warning(
                 "Could not deregister; the heartbeat will expire and others will rescue "
@@ -331,7 +344,11 @@ class ThreadWorker(BaseWorker):
                 except BaseException as exc:
                     # process() handles everything a task can do; this is our own bug.
                     # The task still gets an outcome, so it is not left in `process`.
-                    logger.exception("Processing task %s failed", task.uuid)
+                    logger.exception(
+                        "Processing task %s failed",
+                        task.uuid,
+                        extra=task_fields(task, action="worker_bug"),
+                    )
                     self._executed(
                         _Done(task, Outcome(status=TaskStatus.ERROR,
                                             error=describe_exception(exc)), 0.0)
@@ -360,7 +377,7 @@ class ThreadWorker(BaseWorker):
                 "Task %s names %r, which is not registered on this worker",
                 task.uuid,
                 task.task_name,
-                extra={"action": "unknown_task", "task_uuid": str(task.uuid)},
+                extra=task_fields(task, action="unknown_task"),
             )
             self._executed(_Done(task, outcome, 0.0))
             return
@@ -426,24 +443,25 @@ class ThreadWorker(BaseWorker):
             self._release(task)
             if not ok:
                 continue
+            self.counters.record(task, outcome.status, done.duration)
             signals.send_from_worker(
                 signals.task_finished, type(self.app), task=task, outcome=outcome
             )
-            logger.info(
+            failed = outcome.status == TaskStatus.ERROR
+            logger.log(
+                logging.WARNING if failed else logging.INFO,
                 "Task %s %s: %s in %.3f s",
                 task.task_name,
                 task.uuid,
                 outcome.status,
                 done.duration,
-                extra={
-                    "action": "task_finished",
-                    "task_uuid": str(task.uuid),
-                    "task_name": task.task_name,
-                    "queue": task.queue,
-                    "status": outcome.status,
-                    "attempt": task.attempt,
-                    "duration": done.duration,
-                },
+                extra=task_fields(
+                    task,
+                    action="task_finished",
+                    status=outcome.status,
+                    duration=done.duration,
+                    **({"error": outcome.error} if outcome.error else {}),
+                ),
             )
 
     def _write(self, batch: list[_Done]) -> list[bool]:
@@ -485,13 +503,17 @@ class ThreadWorker(BaseWorker):
                     return [ok for done in batch for ok in self._write([done])]
                 done = batch[0]
                 if done.outcome.error == _unstorable(exc)["error"]:
-                    logger.exception("Task %s: even its error could not be stored", done.task.uuid)
+                    logger.exception(
+                        "Task %s: even its error could not be stored",
+                        done.task.uuid,
+                        extra=task_fields(done.task, action="finish_refused"),
+                    )
                     return [False]
                 logger.error(
                     "Task %s: its outcome was refused by the database: %s",
                     done.task.uuid,
                     exc,
-                    extra={"action": "finish_refused"},
+                    extra=task_fields(done.task, action="finish_refused"),
                 )
                 failed = Outcome(status=TaskStatus.ERROR, **_unstorable(exc))
                 return self._write([_Done(done.task, failed, done.duration)])

@@ -5,18 +5,8 @@
 set -euo pipefail
 browser=/usr/bin/chromium
 if [ -x "$browser" ]; then exit 0; fi
-if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "Installing Chromium from the distribution (apt-get install chromium)" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends chromium >/dev/null
-  exit 0
-fi
-if [ "$(id -u)" -ne 0 ]; then
-  why="not running as root"
-else
-  why="apt-get is not available"
-fi
-echo "Chromium is not installed at $browser and cannot be installed here ($why)." >&2
+status=0
+"$(dirname "$0")/apt-install.sh" Chromium chromium || status=$?
+if [ "$status" -ne 2 ]; then exit "$status"; fi
 echo "Install it (Debian/Ubuntu: apt-get install chromium); the browser tests skip without it," >&2
 echo "and fail when CI is set." >&2

@@ -44,6 +44,7 @@ class WorkerProcesses:
     def __init__(self, db_name: str) -> None:
         self.db_name = db_name
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.env: dict[str, str] = {}  # more environment for the workers started next
 
     def start(self, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
         env = {
@@ -51,6 +52,7 @@ class WorkerProcesses:
             "QTASKS_TEST_DB_NAME": self.db_name,
             "PYTHONPATH": str(ROOT),
             "DJANGO_SETTINGS_MODULE": "tests.settings",
+            **self.env,
         }
         out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
         try:

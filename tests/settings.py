@@ -38,6 +38,17 @@ if env.str("QTASKS_TEST_DB_NAME", default=""):
     DATABASES["default"]["NAME"] = env.str("QTASKS_TEST_DB_NAME")
     DATABASES["default"].setdefault("TEST", {})["NAME"] = env.str("QTASKS_TEST_DB_NAME")
 
+
+def through_pooler(database: dict[str, object], address: str) -> None:
+    """Point a DATABASES entry at PgBouncer ("host:port", transaction mode), configured as
+    docs/deployment.md says. Worker subprocesses of tests/pgbouncer get it from the env."""
+    host, port = address.rsplit(":", 1)
+    database.update(HOST=host, PORT=port, DISABLE_SERVER_SIDE_CURSORS=True)
+
+
+if env.str("QTASKS_TEST_PGBOUNCER", default=""):
+    through_pooler(DATABASES["default"], env.str("QTASKS_TEST_PGBOUNCER"))
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",

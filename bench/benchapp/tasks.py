@@ -19,3 +19,9 @@ def chaos(key: int, work: float) -> int:
 @app.task(name="bench.noop")
 def noop() -> None:
     return None
+
+
+@app.task(name="bench.stamp")
+def stamp() -> float:
+    """When the task started, by the clock the benchmark reads: pickup latency."""
+    return time.time()

@@ -364,6 +364,7 @@ def test_dashboard_counts_throughput_queues_and_workers(admin_client, make_task)
         "success": 3,
         "error": 1,
         "cancel": 0,
+        "blocked": 0,
     }
     throughput = context["throughput"]
     assert (throughput.finished, throughput.failed) == (3, 1)

@@ -7,6 +7,7 @@ call the worker makes; nothing in the DB layer is mocked.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import uuid as uuid_lib
 from collections.abc import Callable, Iterator
@@ -14,11 +15,12 @@ from typing import Any
 
 import pytest
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_qtasks import app
 from django_qtasks.models import TaskRecord, TaskStatus
-from django_qtasks.task import Task
+from django_qtasks.task import Outcome, Task
 
 pytestmark = pytest.mark.django_db
 
@@ -283,6 +285,53 @@ def test_the_claim_statement_uses_the_partial_claim_index() -> None:
         assert "TEMP B-TREE" not in plan, plan
 
 
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of an ``EXPLAIN (FORMAT JSON)`` plan, depth first."""
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+@postgres
+def test_the_claim_stays_on_the_partial_index_over_200000_finished_rows() -> None:
+    """A long-lived queue table is mostly finished rows (until pruned); the claim must
+    read only the waiting ones. The table is loaded in SQL (every column copied from
+    one finished row) and ANALYZEd by hand: autovacuum may be off on the test server."""
+    template = waiting_records(1, key_prefix="done")[0]
+    template.status = TaskStatus.SUCCESS
+    template.finished_at = timezone.now()
+    template.save()
+    table = TaskRecord._meta.db_table
+    columns = [field.column for field in TaskRecord._meta.concrete_fields]
+    copied = ["gen_random_uuid()" if name == "uuid" else f't."{name}"' for name in columns]
+    quoted = ", ".join(f'"{name}"' for name in columns)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'INSERT INTO "{table}" ({quoted}) SELECT {", ".join(copied)} '
+            f'FROM "{table}" t, generate_series(1, 200000) WHERE t.uuid = %s',
+            [template.uuid],
+        )
+    TaskRecord.objects.bulk_create(waiting_records(5, key_prefix="wait"))
+    with connection.cursor() as cursor:
+        cursor.execute(f'ANALYZE "{table}"')
+    assert TaskRecord.objects.filter(status=TaskStatus.SUCCESS).count() == 200_001
+
+    sql, params = captured_claim_statement(limit=2)
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
+        (document,) = cursor.fetchone()
+    plan = json.loads(document) if isinstance(document, str) else document
+    nodes = list(plan_nodes(plan[0]["Plan"]))
+
+    indexes = {node.get("Index Name") for node in nodes}
+    assert "qtasks_claim_idx" in indexes, json.dumps(plan, indent=1)
+    scans = [n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == table]
+    assert scans == [], json.dumps(plan, indent=1)
+    # The planner expects to read the few waiting rows, not the finished ones.
+    on_index = [n for n in nodes if n.get("Index Name") == "qtasks_claim_idx"]
+    assert max(n["Plan Rows"] for n in on_index) < 1000, json.dumps(plan, indent=1)
+
+
 # -- races --------------------------------------------------------------------------------
 @pytest.mark.django_db(transaction=True)
 def test_two_threads_claiming_at_once_never_share_a_task_and_take_them_all() -> None:
@@ -338,3 +387,28 @@ def test_a_claim_never_takes_more_than_its_limit() -> None:
         sizes.append(len(batch))
     assert sum(sizes) == 300
     assert max(sizes) <= 7
+
+
+# -- statements per batch -----------------------------------------------------------------
+def test_claiming_and_finishing_a_batch_of_100_costs_one_statement_each() -> None:
+    """The worker's hot path stays batched: one statement claims 100 tasks and one
+    stores their 100 outcomes (on SQLite the outcomes share one transaction, here a
+    savepoint inside the test's own). A per-row statement or an extra read back would
+    show up here as a bigger count."""
+    app.add_tasks([("tests.record", (f"k{n}",), {}) for n in range(100)])
+    with CaptureQueriesContext(connection) as claims:
+        tasks = claim(100)
+    assert len(tasks) == 100
+    assert len(claims) == 1, [q["sql"][:80] for q in claims]
+
+    outcomes = [(task, Outcome(status="success", returning=n)) for n, task in enumerate(tasks)]
+    with CaptureQueriesContext(connection) as finishes:
+        stored = app.broker.finish_many(outcomes)
+    assert stored == [True] * 100
+    # Django logs SQLite's executemany (one prepared statement) as "100 times: UPDATE".
+    statements = [q["sql"].removeprefix("100 times: ").split()[0].upper() for q in finishes]
+    if connection.vendor == "postgresql":
+        assert statements == ["UPDATE"]
+    else:
+        assert statements == ["SAVEPOINT", "UPDATE", "RELEASE"]
+    assert TaskRecord.objects.filter(status="success").count() == 100

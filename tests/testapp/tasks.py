@@ -23,6 +23,19 @@ def record(key: str) -> str:
     return key
 
 
+@app.task(name="tests.note")
+def note(path: str, key: str) -> str:
+    """Records its run in a file, not the database: a worker running only these holds
+    no connection per thread (many workers must fit ``max_connections``). One short
+    ``O_APPEND`` write per run, so lines from many processes never interleave."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{key}\n".encode())
+    finally:
+        os.close(fd)
+    return key
+
+
 @app.task(name="tests.slow")
 def slow(key: str, seconds: float) -> str:
     """Marks its start, works for ``seconds``, marks its end (tests wait on the marks)."""
@@ -221,3 +234,45 @@ def length(text: str) -> int:
 @app.task(name="tests.nul_result")
 def nul_result() -> str:
     return "a\u0000b"  # PostgreSQL's jsonb refuses NUL characters
+
+
+@app.task(name="tests.total")
+def total(values: list[int]) -> int:
+    """The step after a group: gets the list of the group's results."""
+    return sum(values)
+
+
+@app.task(name="tests.total_elsewhere", queue="elsewhere")
+def total_elsewhere(key: str, value: Any) -> str:
+    """A flow step on a queue of its own (so a worker of other queues leaves it)."""
+    Execution.objects.create(key=key, started=time.time(), finished=time.time())
+    return f"{key}:{value}"
+
+
+def _timed(key: str, seconds: float) -> str:
+    """Marks its start, works for ``seconds``, marks its end: the intervals of tasks
+    under a concurrency limit must not overlap more than the limit allows."""
+    row = Execution.objects.create(key=key, started=time.time())
+    time.sleep(seconds)  # the work itself, not synchronisation
+    row.finished = time.time()
+    row.save(update_fields=["finished"])
+    return key
+
+
+@app.task(name="tests.limited", max_concurrency=1)
+def limited(key: str, seconds: float = 0) -> str:
+    return _timed(key, seconds)
+
+
+@app.task(name="tests.limited_two", max_concurrency=2)
+def limited_two(key: str, seconds: float = 0) -> str:
+    return _timed(key, seconds)
+
+
+@app.task(
+    name="tests.limited_per_account",
+    max_concurrency=1,
+    concurrency_key=lambda account, *args, **kwargs: f"account:{account}",
+)
+def limited_per_account(account: int, key: str, seconds: float = 0) -> str:
+    return _timed(key, seconds)

@@ -61,6 +61,12 @@ class Command(BaseCommand):
             default=None,
             help="Seconds running tasks get to finish on SIGTERM (default: QTASKS['GRACE']).",
         )
+        parser.add_argument(
+            "--heartbeat-file",
+            default=None,
+            help="Touch this file on each heartbeat that reached the database, for a "
+            "liveness probe that checks its age (default: QTASKS['HEARTBEAT_FILE']).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         from django_qtasks import app
@@ -89,6 +95,11 @@ class Command(BaseCommand):
                 processes=options["processes"],
                 max_tasks_per_child=options["max_tasks_per_child"],
                 verbosity=options["verbosity"],
+                worker_options=(
+                    {"heartbeat_file": options["heartbeat_file"]}
+                    if options["heartbeat_file"]
+                    else None
+                ),
             )
         except (InvalidTaskCall, ConfigurationError) as exc:  # a bad schedule, too
             raise CommandError(str(exc)) from exc
