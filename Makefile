@@ -59,5 +59,12 @@ screenshots: venv browser
 chaos: venv
 	$(PY) bench/chaos.py
 
+## make bench: our worker against django-tasks-db, procrastinate and Celery on the local
+## PostgreSQL and Redis; peers get virtualenvs of their own in .bench/. BENCH_ARGS=--quick
+## for a smoke run, or e.g. BENCH_ARGS="--rounds 5 --only ours,celery".
+bench: venv
+	@bench/peers/setup.sh
+	$(PY) bench/compare.py $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) .venv-lts $(DOCS_SITE) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-lts .bench $(DOCS_SITE) .mypy_cache .pytest_cache .ruff_cache

@@ -1,76 +1,53 @@
 """Quick look at our own numbers (no peers): enqueue/s, drain/s, pickup latency.
 
-    python bench/drain_quick.py [--tasks 20000] [--concurrency 8]
+    python bench/drain_quick.py [--tasks 20000] [--concurrency 32]
+
+The measuring is bench/measure.py's, through bench/ours_driver.py: the same code that
+``make bench`` (bench/compare.py) runs for every system, here for ours alone, in one
+process and one round.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_URL, fresh_database, setup_django, start_worker
+from bench.common import DEFAULT_URL, fresh_database
+from bench.measure import measure_bulk, measure_drain, measure_enqueue, measure_latency
+from bench.ours_driver import CONCURRENCY, OursDriver
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=20000)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
     parser.add_argument("--enqueue", type=int, default=3000)
     parser.add_argument("--latency", type=int, default=200)
+    parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args()
-    url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
-    fresh_database(url)
-    setup_django(url)
-    from django.db import connection
+    url = os.environ.setdefault("BENCH_DATABASE_URL", DEFAULT_URL)
+    driver = OursDriver(args.concurrency)
 
-    from django_qtasks import app
-    from django_qtasks.models import TaskRecord
+    def fresh() -> OursDriver:
+        driver.release()
+        fresh_database(url)
+        driver.prepare()
+        return driver
 
-    t0 = time.perf_counter()
-    for _ in range(args.enqueue):
-        app.add_task("bench.noop")
-    enqueue_rate = args.enqueue / (time.perf_counter() - t0)
-    if hasattr(app, "add_tasks"):
-        t0 = time.perf_counter()
-        app.add_tasks([("bench.noop", (), {})] * (args.tasks - args.enqueue))
-        bulk_rate = (args.tasks - args.enqueue) / (time.perf_counter() - t0)
-    else:
-        bulk_rate = float("nan")
-        for _ in range(args.tasks - args.enqueue):
-            app.add_task("bench.noop")
-    connection.close()
-    t0 = time.perf_counter()
-    proc = start_worker(url, "--concurrency", str(args.concurrency), "--burst", "-v", "0")
-    proc.wait()
-    drain = args.tasks / (time.perf_counter() - t0)
-    done = TaskRecord.objects.filter(status="success").count()
-
-    proc = start_worker(url, "--concurrency", str(args.concurrency), "-v", "0")
-    time.sleep(2)  # let the worker start and go idle
-    lat = []
-    for _ in range(args.latency):
-        before = time.time()
-        task = app.add_task("bench.noop")
-        while True:
-            row = TaskRecord.objects.filter(uuid=task.uuid).values_list("started_at", flat=True)[0]
-            if row:
-                break
-            time.sleep(0.0005)
-        lat.append((row.timestamp() - before) * 1000)
-        time.sleep(0.01)
-    proc.terminate()
-    proc.wait()
-    lat.sort()
+    enqueue = measure_enqueue(fresh(), args.enqueue)["rate"]
+    bulk = measure_bulk(fresh(), args.tasks)["rate"]
+    drain = measure_drain(fresh(), args.tasks, workers_count=1, timeout=args.timeout, log=None)
+    latency = measure_latency(fresh(), args.latency, timeout=args.timeout, log=None)
+    driver.release()
     print(
-        f"enqueue/s={enqueue_rate:.0f} bulk/s={bulk_rate:.0f} drain/s={drain:.0f} "
-        f"(ok {done}/{args.tasks}) latency p50={statistics.median(lat):.1f}ms "
-        f"p99={lat[int(len(lat) * 0.99) - 1]:.1f}ms"
+        f"enqueue/s={enqueue:.0f} bulk/s={bulk:.0f} drain/s={drain['rate']:.0f} "
+        f"(1 worker, {args.concurrency} threads, {args.tasks} tasks, peak RSS "
+        f"{drain['rss_mib']:.0f} MiB) latency p50={latency['p50_ms']:.1f}ms "
+        f"p99={latency['p99_ms']:.1f}ms"
     )
 
 
