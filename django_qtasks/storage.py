@@ -702,7 +702,7 @@ class DjangoStorage(BaseStorage):
         atomic = not postgres or any(task.flow_id is not None for task, _ in items)
         with (
             transaction.atomic(using=self.alias) if atomic else nullcontext(),
-            connection.cursor() as cursor,
+            (_server_bound_cursor(connection) if postgres else connection.cursor()) as cursor,
         ):
             if postgres:
                 stored = self._finish_pg(cursor, rows, now)
@@ -1200,6 +1200,25 @@ class DjangoStorage(BaseStorage):
             )
             deleted = len(cursor.fetchall())
         return deleted
+
+
+def _server_bound_cursor(connection: Any) -> Any:
+    """A PostgreSQL cursor that sends the parameters apart from the SQL (the extended
+    protocol with an unnamed statement, which transaction poolers pass through).
+
+    Django binds on the client by default: psycopg then quotes every element of every
+    array into the SQL text, in Python, which costs the worker more than the rest of
+    storing a batch of outcomes. The cursor is wrapped as Django wraps its own, so its
+    errors are Django's and query logging and execute wrappers see its statements."""
+    try:
+        from django.db.backends.postgresql.base import ServerBindingCursor
+    except ImportError:  # psycopg2: it binds on the client only
+        return connection.cursor()
+    connection.ensure_connection()
+    cursor = ServerBindingCursor(connection.connection)  # type: ignore[call-arg]
+    if connection.queries_logged:
+        return connection.make_debug_cursor(cursor)
+    return connection.make_cursor(cursor)
 
 
 def _errors_plus(vendor: str, entry_sql: str) -> str:

@@ -331,6 +331,7 @@ class ThreadWorker(BaseWorker):
     # -- one thread ----------------------------------------------------------------------
     def _thread_main(self) -> None:
         alias = self.app.settings.database
+        connection = connections[alias]  # this thread's, for its life (looked up once)
         last_used = time.monotonic()
         try:
             while True:
@@ -354,15 +355,18 @@ class ThreadWorker(BaseWorker):
                                             error=describe_exception(exc)), 0.0)
                     )  # fmt: skip
                 finally:
-                    close_if_broken(alias)
+                    if connection.errors_occurred:
+                        close_if_broken(alias)
                     last_used = time.monotonic()
         finally:
             connections.close_all()
 
-    def _release(self, task: Task) -> None:
-        """Free the task's slot: it is finished and stored (or left for the rescuer)."""
+    def _release(self, tasks: list[Task]) -> None:
+        """Free the tasks' slots: they are finished and stored (or left for the rescuer).
+        One wake-up for a whole batch, not one per task."""
         with self._changed:
-            self._running.pop(task.uuid, None)
+            for task in tasks:
+                self._running.pop(task.uuid, None)
             self._changed.notify_all()
 
     def process(self, task: Task) -> None:
@@ -437,19 +441,22 @@ class ThreadWorker(BaseWorker):
     def _store(self, batch: list[_Done]) -> None:
         """Store a batch of outcomes, then free their slots and tell the world."""
         stored = self._write(batch)
+        for done in batch:
+            self.on_task_end(done.task)
+        self._release([done.task for done in batch])
         for done, ok in zip(batch, stored, strict=True):
             task, outcome = done.task, done.outcome
-            self.on_task_end(task)
-            self._release(task)
             if not ok:
                 continue
             self.counters.record(task, outcome.status, done.duration)
             signals.send_from_worker(
                 signals.task_finished, type(self.app), task=task, outcome=outcome
             )
-            failed = outcome.status == TaskStatus.ERROR
+            level = logging.WARNING if outcome.status == TaskStatus.ERROR else logging.INFO
+            if not logger.isEnabledFor(level):  # the record's extra costs more than the rest
+                continue
             logger.log(
-                logging.WARNING if failed else logging.INFO,
+                level,
                 "Task %s %s: %s in %.3f s",
                 task.task_name,
                 task.uuid,
