@@ -1,6 +1,6 @@
 """Our worker against its peers on one PostgreSQL, in one invocation (``make bench``).
 
-    python bench/compare.py [--rounds 3] [--tasks 20000] [--only ours,celery] [--quick]
+    python bench/compare.py [--rounds 3] [--tasks 50000] [--only ours,celery] [--quick]
 
 Systems: django-qtasks (ours), django-tasks-db, procrastinate, Celery with the local
 Redis. Each peer runs in its own virtualenv (``bench/peers/setup.sh`` makes them under
@@ -345,8 +345,8 @@ def notes(harness: Harness, sizes: Sizes, rounds: int) -> list[str]:
         f"enqueue/s: {sizes.enqueue} single enqueue calls in autocommit from one client. "
         f"bulk enqueue/s: {sizes.bulk} tasks through the system's bulk API in one call "
         "(— where there is none).",
-        "drain/s: N no-op tasks preloaded, timed from starting the worker processes to the "
-        "last one done (worker start-up included).",
+        "drain/s: N no-op tasks preloaded, then VACUUM ANALYZE, timed from starting the "
+        "worker processes to the last one done (worker start-up included).",
         f"latency: {sizes.latency} tasks one after another to an idle worker, from just "
         "before the enqueue call to the time.time() the task itself records on start.",
         "worker RSS: peak resident memory of one worker process and its children during "
@@ -373,7 +373,7 @@ def main() -> int:
     parser.add_argument(
         "--tasks",
         type=int,
-        default=20000,
+        default=50000,
         help="tasks per drain for django-qtasks; slower peers drain a share",
     )
     parser.add_argument("--only", default="", help="comma-separated: ours,djangotasks,...")

@@ -1,6 +1,6 @@
 """Does the claim stay cheap when the table holds a million finished rows?
 
-    python bench/flat_claim.py [--finished 1000000] [--tasks 50000] [--concurrency 32]
+    python bench/flat_claim.py [--finished 1000000] [--tasks 50000] [--concurrency 64]
 
 Drains a preloaded queue on an empty table, then loads ``--finished`` finished rows
 (success, error and cancel, spread over 30 days, as a busy site keeps them until
@@ -115,7 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--finished", type=int, default=1_000_000)
     parser.add_argument("--tasks", type=int, default=50_000)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
     url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
     fresh_database(url)

@@ -1,6 +1,6 @@
 """Does a worker's memory stay flat over a long run?
 
-    python bench/memory.py [--tasks 200000] [--concurrency 32] [--samples 10]
+    python bench/memory.py [--tasks 200000] [--concurrency 64] [--samples 10]
 
 Preloads ``--tasks`` no-op tasks, starts one worker and reads its resident set size
 (``VmRSS``) each time another tenth of the tasks is done. The first sample is taken
@@ -40,7 +40,7 @@ def waiting() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=200_000)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--samples", type=int, default=10)
     args = parser.parse_args()
     url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import DEFAULT_URL, setup_django, worker_argv, worker_env
 from bench.measure import Driver, main
 
-CONCURRENCY = int(os.environ.get("BENCH_OURS_CONCURRENCY", "32"))
+CONCURRENCY = int(os.environ.get("BENCH_OURS_CONCURRENCY", "64"))
 
 
 class OursDriver(Driver):

@@ -28,6 +28,7 @@ CONCURRENCY = os.environ.get("BENCH_CELERY_CONCURRENCY", str(os.cpu_count() or 1
 
 class CeleryDriver(Driver):
     bulk_api = "group(...).apply_async()"
+    uses_database = False  # Redis holds its queue
     settings = (
         f"celery worker --pool {POOL} -c {CONCURRENCY} --without-gossip --without-mingle "
         "--without-heartbeat, Redis broker, prefetch default"
