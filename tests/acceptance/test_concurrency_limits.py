@@ -42,7 +42,14 @@ def run_with_three_workers(
 ) -> dict[str, list[tuple[float, float]]]:
     """Start three workers, enqueue ``calls`` in one commit, wait until all succeeded;
     returns the run intervals by key prefix (the part of the key before "-")."""
-    options = [("--concurrency", "4"), ("--concurrency", "4"), ("--processes", "2")]
+    # One task at a time per worker (per child in the pool): any two tasks that run at
+    # once ran in two workers, so every overlap checked below crossed workers, and no
+    # single worker can take the whole batch on its own.
+    options = [
+        ("--concurrency", "1"),
+        ("--concurrency", "1"),
+        ("--processes", "2", "--concurrency", "1"),
+    ]
     logs = [tmp_path / f"worker-{n}.log" for n in range(len(options))]
     procs = [
         worker_processes.start(*extra, *FAST, log=log)
