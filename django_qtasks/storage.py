@@ -498,7 +498,10 @@ class DjangoStorage(BaseStorage):
             # The hot path: plain rows into snapshots, no model instances. Django's
             # psycopg setup hands jsonb over as text, for JSONField to decode.
             with connection.cursor() as cursor:
-                cursor.execute(sql, all_params)
+                steer = uuids is None and _can_steer(connection, cursor)
+                cursor.execute(CLAIM_PLANNER_SETTINGS + sql if steer else sql, all_params)
+                while steer and cursor.description is None and cursor.nextset():
+                    pass  # past the SETs' empty results, to the claimed rows
                 known = {
                     "status": TaskStatus.PROCESS.value,
                     "worker_id": worker_id,
@@ -1200,6 +1203,29 @@ class DjangoStorage(BaseStorage):
             )
             deleted = len(cursor.fetchall())
         return deleted
+
+
+# Sent before the claim statement, in the same Query message: the implicit transaction
+# of a multi-statement query ends with it, so the settings do too. They keep the plan
+# that reads qtasks_claim_idx in claim order and stops after a batch, whatever the
+# statistics say. Statistics that still describe an empty table, or one of finished
+# rows, while thousands of rows wait, make the planner expect a handful of waiting
+# rows and prefer to fetch and sort them all: every claim would then read the whole
+# queue (20 ms instead of 1 ms at 50,000 waiting rows) until the next ANALYZE.
+CLAIM_PLANNER_SETTINGS = "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off; "
+
+
+def _can_steer(connection: Any, cursor: Any) -> bool:
+    """Whether the claim can carry CLAIM_PLANNER_SETTINGS: only in autocommit (inside
+    the caller's transaction SET LOCAL would outlive the claim) and with psycopg's
+    client-side binding, the only way several statements go in one message."""
+    if connection.in_atomic_block:
+        return False
+    try:
+        from psycopg import ClientCursor
+    except ImportError:  # psycopg2
+        return False
+    return isinstance(cursor.cursor, ClientCursor)
 
 
 def _server_bound_cursor(connection: Any) -> Any:

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from django_qtasks import app
 from django_qtasks.models import TaskRecord, TaskStatus
+from django_qtasks.storage import CLAIM_PLANNER_SETTINGS
 from django_qtasks.task import Outcome, Task
 
 pytestmark = pytest.mark.django_db
@@ -63,9 +64,10 @@ def captured_claim_statement(limit: int) -> tuple[str, list[Any]]:
     seen: list[tuple[str, list[Any]]] = []
 
     def spy(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
-        statement = sql.lstrip().upper()
+        claim_sql = sql.removeprefix(CLAIM_PLANNER_SETTINGS)  # sent along in autocommit
+        statement = claim_sql.lstrip().upper()
         if statement.startswith(("UPDATE", "WITH")) and "RETURNING" in statement:
-            seen.append((sql, list(params)))
+            seen.append((claim_sql, list(params)))
         return execute(sql, params, many, context)
 
     with connection.execute_wrapper(spy):
@@ -412,3 +414,40 @@ def test_claiming_and_finishing_a_batch_of_100_costs_one_statement_each() -> Non
     else:
         assert statements == ["SAVEPOINT", "UPDATE", "RELEASE"]
     assert TaskRecord.objects.filter(status="success").count() == 100
+
+
+@postgres
+@pytest.mark.django_db(transaction=True)
+def test_stale_statistics_do_not_turn_the_claim_into_a_sort_of_the_whole_queue() -> None:
+    """Statistics taken while the table was empty, then 20,000 waiting rows and no
+    ANALYZE (a burst into a new table, before autovacuum comes by): the planner
+    expects a handful of waiting rows and, left alone, fetches and sorts them all on
+    every claim. The settings the claim carries keep it on the claim index, in order,
+    LIMITed. (Earlier tests' column statistics are dropped first: an ANALYZE of an
+    empty table keeps them, and they would tell the planner the truth.)"""
+    table = TaskRecord._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        if not cursor.fetchone()[0]:
+            pytest.skip("forgetting a table's statistics needs a superuser")
+        cursor.execute("DELETE FROM pg_statistic WHERE starelid = %s::regclass", [table])
+        cursor.execute(f"ANALYZE {table}")
+    TaskRecord.objects.bulk_create(waiting_records(20_000), batch_size=5000)
+
+    wire: list[str] = []
+
+    def spy(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+        wire.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(spy):
+        sql, params = captured_claim_statement(32)
+    assert any(s.startswith(CLAIM_PLANNER_SETTINGS) and sql in s for s in wire), wire
+    assert "Sort" in explain(sql, params), "the statistics should mislead the planner here"
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(CLAIM_PLANNER_SETTINGS)
+        cursor.execute("EXPLAIN " + sql, params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "qtasks_claim_idx" in plan
+    assert "Sort" not in plan, plan
+    assert "Bitmap" not in plan, plan
