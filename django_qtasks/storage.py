@@ -10,7 +10,6 @@ short check that keeps within each group's limit (see ``DjangoStorage._check_lim
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -54,12 +53,12 @@ CANCELLED = "django_qtasks.exceptions.TaskCancelled"
 _INSERT_COLUMNS = (
     "uuid", "task_name", "queue", "priority", "status", "args", "kwargs", "errors",
     "max_retries", "run_after", "created_at", "updated_at", "unique_key", "tags",
-    "concurrency_key", "max_concurrency",
+    "concurrency_key", "max_concurrency", "flow_id", "flow_stage", "flow_index",
 )  # fmt: skip
 _PG_TYPES = (
     "uuid", "text", "text", "smallint", "text", "text", "text", "text",
     "integer", "timestamptz", "timestamptz", "timestamptz", "text", "text",
-    "text", "integer",
+    "text", "integer", "uuid", "integer", "integer",
 )  # fmt: skip
 _JSON_POSITIONS = frozenset({5, 6, 7, 13})
 _ARGS, _KWARGS = _INSERT_COLUMNS.index("args"), _INSERT_COLUMNS.index("kwargs")
@@ -309,15 +308,16 @@ class DjangoStorage(BaseStorage):
 
     def _insert(self, specs: Sequence[TaskSpec]) -> list[Task]:
         """INSERT the rows without building model instances (the enqueue path is hot):
-        on PostgreSQL one statement over arrays, whatever the count; elsewhere one
-        prepared statement run for each row. The snapshots come from the specs."""
+        on PostgreSQL plain VALUES for one row and COPY for many; elsewhere one prepared
+        statement run for each row. The snapshots come from the specs, their places in
+        a flow (and ``blocked``) included."""
         connection = connections[self.alias]
         now = timezone.now()
         tasks = [
             Task(
                 uuid=uuid7(),
                 task_name=spec.task_name,
-                status=TaskStatus.NEW.value,
+                status=(TaskStatus.BLOCKED if spec.blocked else TaskStatus.NEW).value,
                 priority=spec.priority,
                 queue=spec.queue,
                 args=spec.args,
@@ -339,6 +339,9 @@ class DjangoStorage(BaseStorage):
                 tags=spec.tags,
                 concurrency_key=spec.concurrency_key,
                 max_concurrency=spec.max_concurrency,
+                flow_id=spec.flow_id,
+                flow_stage=spec.flow_stage,
+                flow_index=spec.flow_index,
             )
             for spec in specs
         ]
@@ -925,40 +928,10 @@ class DjangoStorage(BaseStorage):
 
     # -- flows (chains and groups) ----------------------------------------------------------
     def add_flow(self, specs: Sequence[TaskSpec]) -> list[Task]:
-        connection = connections[self.alias]
-        meta = TaskRecord._meta
-        flow_field = meta.get_field("flow_id")
+        # The specs carry each task's place in the flow and whether it is blocked:
+        # one INSERT (COPY for many) writes them as they are, all or none.
         with transaction.atomic(using=self.alias):
-            # The plain INSERT of every task, then their places in the flow: enqueuing a
-            # flow is rare next to add_task(), whose INSERT stays as lean as it is.
-            tasks = [
-                dataclasses.replace(
-                    task,
-                    status=(TaskStatus.BLOCKED if spec.blocked else TaskStatus.NEW).value,
-                    flow_id=spec.flow_id,
-                    flow_stage=spec.flow_stage,
-                    flow_index=spec.flow_index,
-                )
-                for task, spec in zip(self._insert(specs), specs, strict=True)
-            ]
-            rows = [
-                [
-                    task.status,
-                    flow_field.get_db_prep_value(task.flow_id, connection),
-                    task.flow_stage,
-                    task.flow_index,
-                    meta.pk.get_db_prep_value(task.uuid, connection),
-                ]
-                for task in tasks
-            ]
-            table = connection.ops.quote_name(meta.db_table)
-            with connection.cursor() as cursor:
-                cursor.executemany(
-                    f"UPDATE {table} SET status = %s, flow_id = %s, flow_stage = %s, "
-                    "flow_index = %s WHERE uuid = %s",
-                    rows,
-                )
-        return tasks
+            return self._insert(specs)
 
     def _advance_flows(self, finished: Sequence[tuple[Task, Outcome]]) -> None:
         """After tasks of flows finished (in the caller's transaction): cancel what
