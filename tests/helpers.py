@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from django.db import connections
 
 T = TypeVar("T")
 
@@ -21,3 +24,36 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {message or predicate}")
         time.sleep(interval)
+
+
+def in_threads(
+    target: Callable[..., None],
+    calls: Iterable[tuple[Any, ...]],
+    *,
+    timeout: float = 60.0,
+    on_error: Callable[[], None] | None = None,
+) -> None:
+    """Run ``target(*args)`` in a thread of its own for each ``args`` of ``calls``, as
+    concurrent clients of the database (each closes its connections when done); wait
+    for them all, then raise the first error one of them hit. ``on_error`` runs in the
+    failing thread (e.g. ``barrier.abort``, so that the others do not wait forever)."""
+    errors: list[BaseException] = []
+
+    def run(*args: Any) -> None:
+        try:
+            target(*args)
+        except BaseException as exc:  # raised in the calling thread below
+            errors.append(exc)
+            if on_error is not None:
+                on_error()
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=args) for args in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not any(thread.is_alive() for thread in threads), "a thread did not finish"
+    if errors:
+        raise errors[0]

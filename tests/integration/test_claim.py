@@ -22,6 +22,7 @@ from django_qtasks import app
 from django_qtasks.models import TaskRecord, TaskStatus
 from django_qtasks.storage import CLAIM_PLANNER_SETTINGS
 from django_qtasks.task import Outcome, Task
+from tests.helpers import in_threads
 
 pytestmark = pytest.mark.django_db
 
@@ -342,26 +343,14 @@ def test_two_threads_claiming_at_once_never_share_a_task_and_take_them_all() -> 
     start = threading.Barrier(2, timeout=30)
     got: dict[str, list[uuid_lib.UUID]] = {"w-1": [], "w-2": []}
     batch_sizes: list[int] = []
-    errors: list[BaseException] = []
 
     def worker(worker_id: str) -> None:
-        try:
-            start.wait()
-            while batch := claim(5, worker_id=worker_id):
-                batch_sizes.append(len(batch))
-                got[worker_id].extend(t.uuid for t in batch)
-        except BaseException as exc:  # reported in the main thread
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        start.wait()
+        while batch := claim(5, worker_id=worker_id):
+            batch_sizes.append(len(batch))
+            got[worker_id].extend(t.uuid for t in batch)
 
-    threads = [threading.Thread(target=worker, args=(wid,)) for wid in got]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in threads)
-    assert not errors
+    in_threads(worker, [(wid,) for wid in got], on_error=start.abort)
 
     everything = got["w-1"] + got["w-2"]
     assert len(everything) == len(set(everything)), "a task was claimed twice"

@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from django.db import connection, connections
+from django.db import connection
 from django.db.models import Count
 
 from django_qtasks import app
@@ -22,6 +22,7 @@ from django_qtasks.models import TaskRecord, TaskStatus
 from django_qtasks.queue_tasks import QueueTasks
 from django_qtasks.settings import QTasksSettings
 from django_qtasks.task import Outcome, Task
+from tests.helpers import in_threads
 from tests.integration.test_claim import explain
 
 pytestmark = pytest.mark.django_db
@@ -218,25 +219,13 @@ def test_racing_claims_never_keep_more_than_the_limit(task_name: str) -> None:
     app.add_tasks([(task_name, (f"k{n}",), {}) for n in range(60)])
     start = threading.Barrier(4, timeout=30)
     kept: list[uuid_lib.UUID] = []
-    errors: list[BaseException] = []
 
     def worker(worker_id: str) -> None:
-        try:
-            start.wait()
-            for _ in range(6):
-                kept.extend(t.uuid for t in claim(5, worker_id=worker_id))
-        except BaseException as exc:  # reported in the main thread
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        start.wait()
+        for _ in range(6):
+            kept.extend(t.uuid for t in claim(5, worker_id=worker_id))
 
-    threads = [threading.Thread(target=worker, args=(f"w-{n}",)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in threads)
-    assert not errors
+    in_threads(worker, [(f"w-{n}",) for n in range(4)], on_error=start.abort)
     assert len(kept) == limit
     assert running() == {(task_name, ""): limit}
     assert set(TaskRecord.objects.filter(status=TaskStatus.PROCESS).values_list(

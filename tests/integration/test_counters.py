@@ -3,14 +3,12 @@ count, and GlobalConfig.merge exact under concurrent writers."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-from django.db import connections
 
 from django_qtasks import app
 from django_qtasks.counters import METRICS, RETIRED, TaskCounters, add, retire_orphans, totals
 from django_qtasks.models import ConfigEntry
+from tests.helpers import in_threads
 from tests.testapp.tasks import record
 
 
@@ -64,27 +62,16 @@ def test_flush_retire_and_fold_keep_the_sum():
 def test_merge_is_exact_under_concurrent_writers():
     config = app.broker.storage.global_config
     threads, rounds = 4, 25
-    errors: list[BaseException] = []
 
     def writer(n: int) -> None:
-        try:
-            for _ in range(rounds):
-                config.merge(METRICS, "shared", lambda current, taken: (current or 0) + 1)
-                # ... and folding a private entry into the shared one, as a retire does
-                config.merge(METRICS, f"own-{n}", lambda current, taken: (current or 0) + 1)
-                config.merge(
-                    METRICS, "shared", lambda current, taken: (current or 0) + sum(taken),
-                    take=[f"own-{n}"],
-                )  # fmt: skip
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        for _ in range(rounds):
+            config.merge(METRICS, "shared", lambda current, taken: (current or 0) + 1)
+            # ... and folding a private entry into the shared one, as a retire does
+            config.merge(METRICS, f"own-{n}", lambda current, taken: (current or 0) + 1)
+            config.merge(
+                METRICS, "shared", lambda current, taken: (current or 0) + sum(taken),
+                take=[f"own-{n}"],
+            )  # fmt: skip
 
-    workers = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
-    for thread in workers:
-        thread.start()
-    for thread in workers:
-        thread.join(timeout=60)
-    assert not errors, errors
+    in_threads(writer, [(n,) for n in range(threads)])
     assert config.items(METRICS) == {"shared": 2 * threads * rounds}

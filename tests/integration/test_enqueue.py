@@ -13,6 +13,7 @@ from django_qtasks.exceptions import InvalidTaskCall, WouldDeadlock
 from django_qtasks.models import TaskRecord
 from django_qtasks.queue_tasks import QueueTasks
 from django_qtasks.signals import task_enqueued
+from tests.helpers import in_threads
 from tests.testapp import tasks
 
 pytestmark = pytest.mark.django_db
@@ -230,27 +231,14 @@ def test_two_connections_racing_on_a_unique_key_make_one_task():
     same task back, and one row exists."""
     import threading
 
-    from django.db import connections
-
     barrier = threading.Barrier(2, timeout=30)
     results: list = []
-    errors: list = []
 
     def enqueue(n: int) -> None:
-        try:
-            barrier.wait()  # outside: SQLite's IMMEDIATE transactions queue at BEGIN
-            with transaction.atomic():
-                results.append(tasks.record.add_task(f"racer-{n}", unique_key="race"))
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        barrier.wait()  # outside: SQLite's IMMEDIATE transactions queue at BEGIN
+        with transaction.atomic():
+            results.append(tasks.record.add_task(f"racer-{n}", unique_key="race"))
 
-    threads = [threading.Thread(target=enqueue, args=(n,)) for n in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors, errors
+    in_threads(enqueue, [(0,), (1,)], on_error=barrier.abort)
     assert len({task.uuid for task in results}) == 1
     assert TaskRecord.objects.filter(unique_key="race").count() == 1

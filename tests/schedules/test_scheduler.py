@@ -13,13 +13,14 @@ from collections.abc import Callable
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection, connections
+from django.db import connection
 
 from django_qtasks import QueueTasks
 from django_qtasks.exceptions import ConfigurationError
 from django_qtasks.models import ScheduleRun, TaskRecord, TaskStatus
 from django_qtasks.scheduler import Schedule, Scheduler, collect_schedules
 from django_qtasks.settings import build_settings
+from tests.helpers import in_threads
 
 pytestmark = pytest.mark.django_db
 
@@ -116,27 +117,15 @@ def test_four_workers_over_several_ticks_enqueue_each_tick_exactly_once():
         scheduler.prime(T0)
     barrier = threading.Barrier(workers, timeout=30)
     created: dict[str, int] = {}
-    errors: list[BaseException] = []
 
     def run(scheduler: Scheduler) -> None:
-        try:
-            for now in rounds:
-                barrier.wait()
-                created[scheduler.worker_id] = created.get(scheduler.worker_id, 0) + len(
-                    scheduler.run_pending(now)
-                )
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-            barrier.abort()
-        finally:
-            connections.close_all()
+        for now in rounds:
+            barrier.wait()
+            created[scheduler.worker_id] = created.get(scheduler.worker_id, 0) + len(
+                scheduler.run_pending(now)
+            )
 
-    threads = [threading.Thread(target=run, args=(s,)) for s in schedulers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors, errors
+    in_threads(run, [(s,) for s in schedulers], on_error=barrier.abort)
 
     expected = [T0 + minutes(n) for n in range(1, 7)]
     assert ticks("sched.every_minute") == expected
