@@ -16,6 +16,8 @@ from typing import Any
 
 from django.db import connections
 
+from .cursors import session_state_wanted
+
 logger = logging.getLogger("django_qtasks.listener")
 
 CHANNEL = "django_qtasks"
@@ -32,12 +34,7 @@ def listen_wanted(setting: bool | str, alias: str) -> bool:
     that setting for PgBouncer in transaction mode), so ``"auto"`` listens on
     PostgreSQL unless the alias carries it. Polling is always correct, only slower.
     """
-    connection = connections[alias]
-    if connection.vendor != "postgresql" or setting is False:
-        return False
-    if setting == "auto":
-        return not connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS", False)
-    return True
+    return session_state_wanted(setting, alias)
 
 
 class Listener:

@@ -22,14 +22,21 @@ def uuid7() -> uuid_lib.UUID:
     New rows land at the right edge of the primary-key index instead of at random
     pages, which keeps inserts cheap on a large table.
     """
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76
-    value |= ((rand >> 62) & 0xFFF) << 64
-    value |= 0b10 << 62
-    value |= rand & ((1 << 62) - 1)
-    return uuid_lib.UUID(int=value)
+    return uuid7s(1)[0]
+
+
+def uuid7s(count: int) -> list[uuid_lib.UUID]:
+    """``count`` UUIDv7s of this millisecond, from one read of the random source (a
+    bulk enqueue would otherwise make a system call per task)."""
+    ms = (time.time_ns() // 1_000_000) & ((1 << 48) - 1)
+    prefix = (ms << 80) | (0x7 << 76)
+    random = os.urandom(10 * count)
+    uuids = []
+    for offset in range(0, 10 * count, 10):
+        rand = int.from_bytes(random[offset : offset + 10], "big")
+        value = prefix | (((rand >> 62) & 0xFFF) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
+        uuids.append(uuid_lib.UUID(int=value))
+    return uuids
 
 
 class TaskStatus(models.TextChoices):

@@ -61,6 +61,8 @@ class QTasksSettings:
     result_poll_interval: float = 0.2
     max_args_size: int | None = 1_048_576
     listen_notify: bool | str = "auto"  # "auto": see listener.listen_wanted()
+    durable_claims: bool = False  # True: a claim's commit waits for the WAL flush
+    prepared_statements: bool | str = "auto"  # "auto": see cursors.session_state_wanted()
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 30.0
     rescue_interval: float = 15.0
@@ -140,10 +142,13 @@ def _validate(key: str, value: Any) -> Any:
     if name == "mode":
         _check(key, value, value in MODES, " or ".join(repr(mode) for mode in MODES))
         return value
-    if name == "listen_notify":
+    if name in {"listen_notify", "prepared_statements"}:
         # "auto": off where the database settings say a transaction pooler is in front.
         ok = isinstance(value, bool) or value == "auto"
         _check(key, value, ok, "True, False or 'auto'")
+        return value
+    if name == "durable_claims":
+        _check(key, value, isinstance(value, bool), "True or False")
         return value
     if name in {"default_max_time", "max_args_size"} and value is None:
         return None

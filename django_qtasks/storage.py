@@ -11,6 +11,7 @@ short check that keeps within each group's limit (see ``DjangoStorage._check_lim
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import uuid as uuid_lib
@@ -26,6 +27,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from .concurrency import LOCK_CLASS, lock_key
+from .cursors import prepared_cursor, server_bound_cursor, session_state_wanted
 from .exceptions import ConfigurationError, TaskConflict
 from .global_config import BaseGlobalConfig
 from .listener import CHANNEL
@@ -36,7 +38,7 @@ from .models import (
     ScheduleRun,
     TaskRecord,
     TaskStatus,
-    uuid7,
+    uuid7s,
 )
 from .settings import QTasksSettings
 from .signals import component_started, component_stopped
@@ -49,23 +51,20 @@ WORKERS = "workers"  # the GlobalConfig name under which workers keep their hear
 QUEUES = "queues"  # ... and under which paused queues are flagged
 WORKER_LOST = "django_qtasks.exceptions.WorkerLost"
 CANCELLED = "django_qtasks.exceptions.TaskCancelled"
-# What a new row's INSERT fills from the task, then the constants of a new task.
-_INSERT_COLUMNS = (
-    "uuid", "task_name", "queue", "priority", "status", "args", "kwargs", "errors",
-    "max_retries", "run_after", "created_at", "updated_at", "unique_key", "tags",
-    "concurrency_key", "max_concurrency", "flow_id", "flow_stage", "flow_index",
-)  # fmt: skip
-_PG_TYPES = (
-    "uuid", "text", "text", "smallint", "text", "text", "text", "text",
-    "integer", "timestamptz", "timestamptz", "timestamptz", "text", "text",
-    "text", "integer", "uuid", "integer", "integer",
-)  # fmt: skip
-_JSON_POSITIONS = frozenset({5, 6, 7, 13})
-_ARGS, _KWARGS = _INSERT_COLUMNS.index("args"), _INSERT_COLUMNS.index("kwargs")
-_PG_ONE_ROW = ", ".join(
-    f"%s::{'jsonb' if n in _JSON_POSITIONS else sql_type}"
-    for n, sql_type in enumerate(_PG_TYPES)
-)
+# What a new row's INSERT fills from the task (with its PostgreSQL type), then the
+# constants of every new task.
+_INSERT_TYPES = {
+    "uuid": "uuid", "task_name": "text", "queue": "text", "priority": "smallint",
+    "status": "text", "args": "jsonb", "kwargs": "jsonb", "max_retries": "integer",
+    "run_after": "timestamptz", "created_at": "timestamptz", "updated_at": "timestamptz",
+    "unique_key": "text", "tags": "jsonb", "concurrency_key": "text",
+    "max_concurrency": "integer", "flow_id": "uuid", "flow_stage": "integer",
+    "flow_index": "integer",
+}  # fmt: skip
+_INSERT_COLUMNS = tuple(_INSERT_TYPES)
+# JSON columns go in as JSON text, encoded once (args and kwargs by the spec builder).
+_JSON_COLUMNS = frozenset(name for name, type_ in _INSERT_TYPES.items() if type_ == "jsonb")
+_PG_ONE_ROW = ", ".join(f"%s::{sql_type}" for sql_type in _INSERT_TYPES.values())
 
 
 def _as_is(value: Any, connection: Any) -> Any:
@@ -75,6 +74,7 @@ def _as_is(value: Any, connection: Any) -> Any:
 _INSERT_CONSTANTS: dict[str, Any] = {
     "returning": None,
     "traceback": "",
+    "errors": "[]",  # JSON text, as the other JSON columns
     "attempt": 0,
     "started_at": None,
     "finished_at": None,
@@ -93,6 +93,16 @@ def _sql_literal(value: Any) -> str:
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
     return str(int(value))
+
+
+@functools.cache
+def _pg_insert_one_sql() -> str:
+    """The one-row INSERT on PostgreSQL, built once (the same text each time, as a
+    prepared statement needs)."""
+    names = ", ".join(f'"{c}"' for c in (*_INSERT_COLUMNS, *_INSERT_CONSTANTS))
+    constants = ", ".join(_sql_literal(value) for value in _INSERT_CONSTANTS.values())
+    table = TaskRecord._meta.db_table
+    return f'INSERT INTO "{table}" ({names}) VALUES ({_PG_ONE_ROW}, {constants})'
 
 
 def _insert_fields() -> list[Any]:
@@ -313,81 +323,93 @@ class DjangoStorage(BaseStorage):
         a flow (and ``blocked``) included."""
         connection = connections[self.alias]
         now = timezone.now()
-        tasks = [
-            Task(
-                uuid=uuid7(),
-                task_name=spec.task_name,
-                status=(TaskStatus.BLOCKED if spec.blocked else TaskStatus.NEW).value,
-                priority=spec.priority,
-                queue=spec.queue,
-                args=spec.args,
-                kwargs=spec.kwargs,
-                returning=None,
-                traceback="",
-                errors=[],
-                attempt=0,
-                max_retries=spec.max_retries,
-                run_after=spec.run_after or now,
-                created_at=now,
-                updated_at=now,
-                started_at=None,
-                finished_at=None,
-                worker_id="",
-                unique_key=spec.unique_key,
-                cancel_requested=False,
-                progress=None,
-                tags=spec.tags,
-                concurrency_key=spec.concurrency_key,
-                max_concurrency=spec.max_concurrency,
-                flow_id=spec.flow_id,
-                flow_stage=spec.flow_stage,
-                flow_index=spec.flow_index,
+        tasks: list[Task] = []
+        rows: list[tuple[Any, ...]] = []
+        tags_json: dict[tuple[str, ...], str] = {}  # the few distinct tag lists, encoded once
+        for spec, uuid in zip(specs, uuid7s(len(specs)), strict=True):
+            status = (TaskStatus.BLOCKED if spec.blocked else TaskStatus.NEW).value
+            run_after = spec.run_after or now
+            encoded = spec.encoded or (json.dumps(spec.args), json.dumps(spec.kwargs))
+            tags = tuple(spec.tags)
+            if tags not in tags_json:
+                tags_json[tags] = json.dumps(spec.tags)
+            rows.append((
+                uuid, spec.task_name, spec.queue, spec.priority, status, encoded[0],
+                encoded[1], spec.max_retries, run_after, now, now, spec.unique_key,
+                tags_json[tags], spec.concurrency_key, spec.max_concurrency, spec.flow_id,
+                spec.flow_stage, spec.flow_index,
+            ))  # fmt: skip
+            tasks.append(
+                Task(
+                    uuid=uuid,
+                    task_name=spec.task_name,
+                    status=status,
+                    priority=spec.priority,
+                    queue=spec.queue,
+                    args=spec.args,
+                    kwargs=spec.kwargs,
+                    returning=None,
+                    traceback="",
+                    errors=[],
+                    attempt=0,
+                    max_retries=spec.max_retries,
+                    run_after=run_after,
+                    created_at=now,
+                    updated_at=now,
+                    started_at=None,
+                    finished_at=None,
+                    worker_id="",
+                    unique_key=spec.unique_key,
+                    cancel_requested=False,
+                    progress=None,
+                    tags=spec.tags,
+                    concurrency_key=spec.concurrency_key,
+                    max_concurrency=spec.max_concurrency,
+                    flow_id=spec.flow_id,
+                    flow_stage=spec.flow_stage,
+                    flow_index=spec.flow_index,
+                )
             )
-            for spec in specs
-        ]
+        if connection.vendor == "postgresql" and len(rows) == 1:
+            self._insert_one(connection, rows[0])
+            return tasks
         ops = connection.ops
         table = ops.quote_name(TaskRecord._meta.db_table)
         names = ", ".join(ops.quote_name(c) for c in (*_INSERT_COLUMNS, *_INSERT_CONSTANTS))
-        constants = ", ".join(_sql_literal(value) for value in _INSERT_CONSTANTS.values())
-        columns = [[getattr(task, name) for task in tasks] for name in _INSERT_COLUMNS]
-        # args and kwargs go in as the JSON text build_spec made when it validated them.
-        for position, part in ((_ARGS, 0), (_KWARGS, 1)):
-            columns[position] = [
-                spec.encoded[part] if spec.encoded else json.dumps(value)
-                for spec, value in zip(specs, columns[position], strict=True)
-            ]
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
-                for position in _JSON_POSITIONS - {_ARGS, _KWARGS}:
-                    columns[position] = [json.dumps(value) for value in columns[position]]
-                if len(tasks) == 1:
-                    # One row, the common add_task(): plain VALUES parse and plan in
-                    # about half the time of unnest() over one-element arrays.
-                    cursor.execute(
-                        f"INSERT INTO {table} ({names}) VALUES ({_PG_ONE_ROW}, {constants})",
-                        [column[0] for column in columns],
-                    )
-                    return tasks
                 # Many rows: COPY, PostgreSQL's bulk path. It takes the values as they
                 # are (no SQL text to build and parse), about twice the rate of an
                 # INSERT over unnest() arrays. It runs on psycopg's own cursor, so it
                 # bypasses Django's query logging; it is still one statement, atomic.
                 constant_values = tuple(_INSERT_CONSTANTS.values())
                 with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
-                    for row in zip(*columns, strict=True):
-                        copy.write_row((*row, *constant_values))
+                    for row in rows:
+                        copy.write_row(row + constant_values)
             else:
-                prepare = [field.get_db_prep_save for field in _insert_fields()]
-                prepare[_ARGS] = prepare[_KWARGS] = _as_is  # encoded already
-                rows = [
+                prepare = [
+                    _as_is if field.name in _JSON_COLUMNS else field.get_db_prep_save
+                    for field in _insert_fields()
+                ]
+                values = [
                     [prep(value, connection) for prep, value in zip(prepare, row, strict=True)]
-                    for row in zip(*columns, strict=True)
+                    for row in rows
                 ]
                 marks = ", ".join(["%s"] * len(_INSERT_COLUMNS))
+                constants = ", ".join(_sql_literal(v) for v in _INSERT_CONSTANTS.values())
                 cursor.executemany(
-                    f"INSERT INTO {table} ({names}) VALUES ({marks}, {constants})", rows
+                    f"INSERT INTO {table} ({names}) VALUES ({marks}, {constants})", values
                 )
         return tasks
+
+    def _insert_one(self, connection: Any, row: tuple[Any, ...]) -> None:
+        """One row, the common ``add_task()``: plain VALUES (about half the parse and
+        plan of unnest() over one-element arrays), prepared once per session where the
+        settings allow (PostgreSQL then only binds and runs it: about a third less
+        time on the server before the commit)."""
+        prepare = session_state_wanted(self.settings.prepared_statements, self.alias)
+        with prepared_cursor(connection) if prepare else connection.cursor() as cursor:
+            cursor.execute(_pg_insert_one_sql(), row)
 
     def get(self, uuid: uuid_lib.UUID | str) -> Task | None:
         record = self._records().filter(uuid=uuid).first()
@@ -502,7 +524,8 @@ class DjangoStorage(BaseStorage):
             # psycopg setup hands jsonb over as text, for JSONField to decode.
             with connection.cursor() as cursor:
                 steer = uuids is None and _can_steer(connection, cursor)
-                cursor.execute(CLAIM_PLANNER_SETTINGS + sql if steer else sql, all_params)
+                prefix = claim_settings(durable=self.settings.durable_claims) if steer else ""
+                cursor.execute(prefix + sql, all_params)
                 while steer and cursor.description is None and cursor.nextset():
                     pass  # past the SETs' empty results, to the claimed rows
                 known = {
@@ -708,7 +731,7 @@ class DjangoStorage(BaseStorage):
         atomic = not postgres or any(task.flow_id is not None for task, _ in items)
         with (
             transaction.atomic(using=self.alias) if atomic else nullcontext(),
-            (_server_bound_cursor(connection) if postgres else connection.cursor()) as cursor,
+            server_bound_cursor(connection) if postgres else connection.cursor() as cursor,
         ):
             if postgres:
                 stored = self._finish_pg(cursor, rows, now)
@@ -1186,10 +1209,23 @@ class DjangoStorage(BaseStorage):
 # rows and prefer to fetch and sort them all: every claim would then read the whole
 # queue (20 ms instead of 1 ms at 50,000 waiting rows) until the next ANALYZE.
 CLAIM_PLANNER_SETTINGS = "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off; "
+# ... and, unless QTASKS["DURABLE_CLAIMS"], the claim's commit does not wait for its WAL
+# to reach the disk. A claim only moves rows from `new` to `process`: if the database
+# crashes before the WAL writer flushes it (a fraction of a second later), the rows are
+# `new` again after recovery and run again, which is what a crashed worker costs anyway
+# (at-least-once). The commit that stores the result waits as always, and flushes the
+# claim's WAL with it. An idle worker's pickup saves a disk flush, a busy one a flush
+# per batch.
+CLAIM_ASYNC_COMMIT = "SET LOCAL synchronous_commit = off; "
+
+
+def claim_settings(*, durable: bool) -> str:
+    """What the claim statement carries in autocommit (see above)."""
+    return CLAIM_PLANNER_SETTINGS if durable else CLAIM_PLANNER_SETTINGS + CLAIM_ASYNC_COMMIT
 
 
 def _can_steer(connection: Any, cursor: Any) -> bool:
-    """Whether the claim can carry CLAIM_PLANNER_SETTINGS: only in autocommit (inside
+    """Whether the claim can carry its settings (claim_settings): only in autocommit (inside
     the caller's transaction SET LOCAL would outlive the claim) and with psycopg's
     client-side binding, the only way several statements go in one message."""
     if connection.in_atomic_block:
@@ -1199,25 +1235,6 @@ def _can_steer(connection: Any, cursor: Any) -> bool:
     except ImportError:  # psycopg2
         return False
     return isinstance(cursor.cursor, ClientCursor)
-
-
-def _server_bound_cursor(connection: Any) -> Any:
-    """A PostgreSQL cursor that sends the parameters apart from the SQL (the extended
-    protocol with an unnamed statement, which transaction poolers pass through).
-
-    Django binds on the client by default: psycopg then quotes every element of every
-    array into the SQL text, in Python, which costs the worker more than the rest of
-    storing a batch of outcomes. The cursor is wrapped as Django wraps its own, so its
-    errors are Django's and query logging and execute wrappers see its statements."""
-    try:
-        from django.db.backends.postgresql.base import ServerBindingCursor
-    except ImportError:  # psycopg2: it binds on the client only
-        return connection.cursor()
-    connection.ensure_connection()
-    cursor = ServerBindingCursor(connection.connection)  # type: ignore[call-arg]
-    if connection.queries_logged:
-        return connection.make_debug_cursor(cursor)
-    return connection.make_cursor(cursor)
 
 
 def _errors_plus(vendor: str, entry_sql: str) -> str:

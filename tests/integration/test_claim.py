@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import threading
 import uuid as uuid_lib
 from collections.abc import Callable, Iterator
@@ -15,12 +16,13 @@ from typing import Any
 
 import pytest
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_qtasks import app
 from django_qtasks.models import TaskRecord, TaskStatus
-from django_qtasks.storage import CLAIM_PLANNER_SETTINGS
+from django_qtasks.storage import CLAIM_ASYNC_COMMIT, CLAIM_PLANNER_SETTINGS
 from django_qtasks.task import Outcome, Task
 from tests.helpers import in_threads
 
@@ -56,6 +58,9 @@ def waiting_records(count: int, key_prefix: str = "k") -> list[TaskRecord]:
     ]
 
 
+SETTINGS_SENT_ALONG = re.compile(r"^(SET LOCAL [a-z_]+ = [a-z]+; )+")
+
+
 def captured_claim_statement(limit: int) -> tuple[str, list[Any]]:
     """Run one real claim and return the statement Storage executed, with its parameters.
 
@@ -65,7 +70,7 @@ def captured_claim_statement(limit: int) -> tuple[str, list[Any]]:
     seen: list[tuple[str, list[Any]]] = []
 
     def spy(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
-        claim_sql = sql.removeprefix(CLAIM_PLANNER_SETTINGS)  # sent along in autocommit
+        claim_sql = SETTINGS_SENT_ALONG.sub("", sql)  # in autocommit
         statement = claim_sql.lstrip().upper()
         if statement.startswith(("UPDATE", "WITH")) and "RETURNING" in statement:
             seen.append((claim_sql, list(params)))
@@ -440,3 +445,32 @@ def test_stale_statistics_do_not_turn_the_claim_into_a_sort_of_the_whole_queue()
     assert "qtasks_claim_idx" in plan
     assert "Sort" not in plan, plan
     assert "Bitmap" not in plan, plan
+
+
+@postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_claim_in_autocommit_skips_the_flush_unless_durable_claims(durable: bool) -> None:
+    """The claim's commit does not wait for the WAL flush unless DURABLE_CLAIMS; the
+    setting lasts for the claim's own transaction and never reaches the session."""
+    TaskRecord.objects.bulk_create(waiting_records(3))
+    wire: list[str] = []
+
+    def spy(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+        wire.append(sql)
+        return execute(sql, params, many, context)
+
+    with override_settings(QTASKS={"DURABLE_CLAIMS": durable}):
+        with connection.execute_wrapper(spy):
+            assert len(claim(2)) == 2
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            assert cursor.fetchone()[0] == "on"
+        claim_sql = [s for s in wire if "RETURNING" in s]
+        assert len(claim_sql) == 1
+        assert (CLAIM_ASYNC_COMMIT in claim_sql[0]) is not durable
+        # Inside the caller's transaction nothing rides along: it would outlive the claim.
+        wire.clear()
+        with transaction.atomic(), connection.execute_wrapper(spy):
+            assert len(claim(1)) == 1
+        assert not any("SET LOCAL" in s for s in wire), wire

@@ -242,3 +242,81 @@ def test_two_connections_racing_on_a_unique_key_make_one_task():
     in_threads(enqueue, [(0,), (1,)], on_error=barrier.abort)
     assert len({task.uuid for task in results}) == 1
     assert TaskRecord.objects.filter(unique_key="race").count() == 1
+
+
+# -- prepared statements (PostgreSQL) -------------------------------------------------------
+def prepared_inserts() -> list[str]:
+    """The INSERTs this session has prepared (the connection add_task() used)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [row[0] for row in cursor.fetchall() if "INSERT INTO" in row[0]]
+
+
+@pytest.mark.postgres
+def test_add_task_prepares_its_insert_once_per_session():
+    first = tasks.add.add_task(1, 2)
+    second = tasks.add.add_task(3, 4)
+    assert len(prepared_inserts()) == 1
+    assert TaskRecord.objects.filter(uuid__in=[first.uuid, second.uuid]).count() == 2
+    # A rollback makes psycopg forget its statements; the next add_task prepares again.
+    with transaction.atomic():
+        gone = tasks.add.add_task(5, 6)
+        transaction.set_rollback(True)
+    kept = tasks.add.add_task(7, 8)
+    assert not TaskRecord.objects.filter(uuid=gone.uuid).exists()
+    assert TaskRecord.objects.get(uuid=kept.uuid).args == [7, 8]
+    assert len(prepared_inserts()) == 1
+
+
+@pytest.mark.postgres
+def test_django_logs_the_insert_with_its_text():
+    """Where Django logs queries (DEBUG, assertNumQueries, debug toolbars), the INSERT
+    is there with its SQL, as Django's own queries are."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        tasks.add.add_task(1, 2)
+    assert len(queries) == 1
+    assert "INSERT INTO" in queries[0]["sql"]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("setting", "pooled", "prepared"),
+    [(False, False, False), ("auto", True, False), (True, True, True)],
+)
+def test_prepared_statements_follow_the_setting_and_the_pooler_sign(setting, pooled, prepared):
+    """``"auto"`` prepares unless the alias says a transaction pooler is in front
+    (``DISABLE_SERVER_SIDE_CURSORS``): a prepared statement lives in the server session."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("DEALLOCATE ALL")
+    connection.connection._prepared.clear()  # psycopg's own record of them
+    options = {"DISABLE_SERVER_SIDE_CURSORS": pooled}
+    with (
+        override_settings(QTASKS={"PREPARED_STATEMENTS": setting}),
+        _alias_settings(connection, options),
+    ):
+        task = tasks.add.add_task(1, 1)
+    assert TaskRecord.objects.filter(uuid=task.uuid).exists()
+    assert bool(prepared_inserts()) is prepared
+
+
+class _alias_settings:
+    """Set keys of the connection's settings dict for a block (as a pooled alias has)."""
+
+    def __init__(self, connection, values):
+        self.connection, self.values, self.old = connection, values, {}
+
+    def __enter__(self):
+        for key, value in self.values.items():
+            self.old[key] = self.connection.settings_dict.get(key)
+            self.connection.settings_dict[key] = value
+
+    def __exit__(self, *exc):
+        for key, value in self.old.items():
+            self.connection.settings_dict[key] = value

@@ -31,6 +31,7 @@ def test_values_are_read_and_normalised():
         ({"QUEUES": ["a"], "DEFAULT_QUEUE": "b"}, "'DEFAULT_QUEUE'"),
         ({"POLL_INTERVAL": 0}, "'POLL_INTERVAL'"),
         ({"GRACE": -1}, "'GRACE'"),
+        ({"DURABLE_CLAIMS": "yes"}, "'DURABLE_CLAIMS'"),
         ({"MIDDLEWARES_BEFORE": "a.b"}, "'MIDDLEWARES_BEFORE'"),
         ({"broker": "x"}, "'broker'"),
     ],

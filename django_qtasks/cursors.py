@@ -1,0 +1,91 @@
+"""The PostgreSQL cursors of the hot paths: parameters bound on the server, and
+statements prepared once per session.
+
+Django binds parameters on the client by default (psycopg quotes them into the SQL
+text, in Python) and never prepares. Both are right for ordinary queries and cost
+the few statements that run thousands of times a second. The cursors made here are
+wrapped as Django wraps its own, so their errors are Django's, and query logging,
+``assertNumQueries`` and execute wrappers see their statements.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from django.db import connections
+
+# psycopg numbers the statements it prepares; it prepares one only when asked to, or
+# after this many runs (Django turns preparing off with None). Ours always ask.
+_ONLY_WHEN_ASKED = 2**31 - 1
+
+
+def session_state_wanted(setting: bool | str, alias: str) -> bool:
+    """Whether a feature that keeps state in the server session (LISTEN, prepared
+    statements) is on for database ``alias``, given its ``True``/``False``/``"auto"``
+    setting. It needs PostgreSQL. ``"auto"`` turns it off where the alias says a pooler
+    in transaction mode (PgBouncer) sits in front: such a pooler hands the session to
+    other clients between transactions. Django's documented sign of that pooler is
+    ``DISABLE_SERVER_SIDE_CURSORS = True``."""
+    connection = connections[alias]
+    if connection.vendor != "postgresql" or setting is False:
+        return False
+    return setting is True or not connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS", False)
+
+
+def server_bound_cursor(connection: Any) -> Any:
+    """A cursor that sends the parameters apart from the SQL (the extended protocol
+    with an unnamed statement, which transaction poolers pass through): no quoting of
+    every element of every array into the SQL text. psycopg 2 binds on the client only,
+    so there it is Django's own cursor."""
+    try:
+        from django.db.backends.postgresql.base import ServerBindingCursor
+    except ImportError:
+        return connection.cursor()
+    connection.ensure_connection()
+    return _wrap(connection, ServerBindingCursor(connection.connection))  # type: ignore[call-arg]
+
+
+def prepared_cursor(connection: Any) -> Any:
+    """A cursor whose statements PostgreSQL parses and plans once per session, then
+    only runs: for a one-row INSERT of a task that is most of the server's work before
+    the commit. psycopg keeps the statements (and forgets them where it must: after a
+    ROLLBACK, a DISCARD ALL). Only where :func:`session_state_wanted` says so: a prepared
+    statement lives in the server session."""
+    cursor_class = _preparing_cursor_class()
+    if cursor_class is None:
+        return connection.cursor()
+    if connection.queries_logged:
+        # DEBUG, assertNumQueries: psycopg keeps no text of a prepared run, so Django
+        # would log the statement without it (as None on Django 5.2). Unprepared, the
+        # log shows it; speed is not what such a connection is for.
+        return server_bound_cursor(connection)
+    connection.ensure_connection()
+    raw = connection.connection
+    if raw.prepare_threshold is None:
+        # Django's default: preparing off for the whole connection. Let our explicit
+        # requests through; every other query still runs unprepared.
+        raw.prepare_threshold = _ONLY_WHEN_ASKED
+    return _wrap(connection, cursor_class(raw))
+
+
+def _wrap(connection: Any, cursor: Any) -> Any:
+    if connection.queries_logged:
+        return connection.make_debug_cursor(cursor)
+    return connection.make_cursor(cursor)
+
+
+@functools.cache
+def _preparing_cursor_class() -> type | None:
+    """Django's server-binding cursor, asking psycopg to prepare each statement (made
+    on first use: psycopg 2 has no such cursor)."""
+    try:
+        from django.db.backends.postgresql.base import ServerBindingCursor
+    except ImportError:
+        return None
+
+    class PreparingCursor(ServerBindingCursor):
+        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            return super().execute(query, params, prepare=True, **kwargs)  # type: ignore[misc]
+
+    return PreparingCursor
