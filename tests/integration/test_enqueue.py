@@ -219,6 +219,25 @@ def test_task_add_tasks_takes_argument_tuples():
     assert len(made) == TaskRecord.objects.filter(queue="bulk").count() == 1200
 
 
+def test_add_tasks_stores_every_character_as_given():
+    """Bulk rows go to PostgreSQL as COPY text, with its own escapes: backslashes,
+    tabs, line breaks and NULs-that-are-not must come back exactly."""
+    odd = ["back\\slash", "tab\there", "line\nbreak\r\n", "\\N", "quote'\"", "ünï ✓ 😀", ""]
+    made = app.add_tasks(
+        [("tests.record", [text], {"k\\ey\t": text}) for text in odd]
+        + [tasks.limited_per_account(f"ac\tc\\{n}\n", str(n)) for n in range(2)]
+    )
+    for task in made:
+        record = TaskRecord.objects.get(uuid=task.uuid)
+        assert (record.args, record.kwargs) == (task.args, task.kwargs)
+        assert (record.concurrency_key, record.max_concurrency) == (
+            task.concurrency_key, task.max_concurrency,
+        )
+        assert (record.errors, record.traceback, record.progress) == ([], "", None)
+    assert [t.args[0] for t in made[: len(odd)]] == odd
+    assert made[-1].concurrency_key == "account:ac\tc\\1\n"
+
+
 def test_add_tasks_validates_everything_before_writing():
     with pytest.raises(TypeError, match="positional argument 0"):
         app.add_tasks([tasks.add(1, 2), tasks.add(object(), 1)])
