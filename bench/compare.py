@@ -52,10 +52,12 @@ class System:
     uses_postgres: bool = True
     settings: str = ""
     version: str = ""
+    #: what the system is measured on; the other columns show "—"
+    measures: tuple[str, ...] = ("enqueue", "bulk", "drain", "latency")
 
     @property
     def python(self) -> Path:
-        if self.name == "ours":
+        if self.name in OWN_VENV:
             return Path(sys.executable)
         return VENVS / f"venv-{self.name}" / "bin" / "python"
 
@@ -65,7 +67,12 @@ SYSTEMS = [
     System("djangotasks", "django-tasks-db", "bench/peers/djangotasks_driver.py", 0.025),
     System("procrastinate", "procrastinate", "bench/peers/procrastinate_driver.py", 0.1),
     System("celery", "Celery + Redis", "bench/peers/celery_driver.py", 0.25, uses_postgres=False),
+    # The database's own limit for the enqueue columns: our table, psycopg alone.
+    System(
+        "postgres", "PostgreSQL alone", "bench/pg_driver.py", 1.0, measures=("enqueue", "bulk")
+    ),
 ]
+OWN_VENV = {"ours", "postgres"}  # run in our virtualenv
 PEER_PACKAGES = {
     "djangotasks": "django-tasks-db",
     "procrastinate": "procrastinate",
@@ -200,6 +207,8 @@ class Harness:
             from importlib.metadata import version
 
             return version("django-qtasks")
+        if system.name == "postgres":
+            return postgres_version(self.base_url).split()[0]
         freeze = VENVS / f"venv-{system.name}" / "freeze.txt"
         package = PEER_PACKAGES[system.name]
         for line in freeze.read_text().splitlines() if freeze.exists() else []:
@@ -210,6 +219,10 @@ class Harness:
     def measure(self, system: System, job: Job) -> None:
         if len(self.failures[system.name]) == len(COLUMNS):
             return  # did not start at all
+        if job.measure not in system.measures:
+            for column in job.columns:
+                self.values[system.name].setdefault(column, []).append(None)
+            return
         args = [job.measure, str(job.n), "--workers", str(job.workers)]
         started = time.monotonic()
         for attempt in (1, 2):
@@ -351,14 +364,17 @@ def notes(harness: Harness, sizes: Sizes, rounds: int) -> list[str]:
         "before the enqueue call to the time.time() the task itself records on start.",
         "worker RSS: peak resident memory of one worker process and its children during "
         "the 1-worker drain.",
+        "PostgreSQL alone: the same task table (our migrations) written by psycopg with no "
+        "queue library, a prepared one-row INSERT per call and one COPY for bulk: the "
+        "database's own limit for the enqueue columns on this machine.",
     ]
     for system in harness.systems:
         reasons = sorted(set(harness.failures[system.name].values()))
         if reasons:
             lines.append(f"{system.label} failed (all rounds: failed, some: *): {reasons[0]}")
     for system in harness.systems:
-        drain = drain_tasks(system, sizes)
-        lines.append(f"- {system.label}: {system.settings or 'did not start'}; drain N={drain}")
+        drain = f"; drain N={drain_tasks(system, sizes)}" if "drain" in system.measures else ""
+        lines.append(f"- {system.label}: {system.settings or 'did not start'}{drain}")
     return lines
 
 
