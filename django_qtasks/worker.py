@@ -45,6 +45,7 @@ logger = logging.getLogger("django_qtasks.worker")
 MAX_DB_BACKOFF = 30.0
 MAX_COMPLETION_BATCH = 500
 CLAIM_LINGER = 0.002  # seconds a busy worker waits for more free threads before claiming
+AFTER_PARTIAL_CLAIM = 0.02  # seconds to wait for an enqueue after a claim came back short
 IDLE_PING_AFTER = 1.0  # seconds a thread's connection may idle before a task pings it
 
 
@@ -212,6 +213,15 @@ class ThreadWorker(BaseWorker):
                         self._running[task.uuid] = None
                 for task in claimed:
                     self._inbox.put(task)
+                if len(claimed) < free and not self.burst:
+                    # The claim found fewer ready tasks than free threads: the queue is
+                    # empty for now. Wait for the next enqueue (at once through LISTEN)
+                    # instead of claiming again at once: this thread then blocks right
+                    # away, so the threads just handed a task get the GIL without
+                    # waiting for it, and an idle worker sends one claim per wake-up,
+                    # not two. What no enqueue announces (a retry due now, a rescue) is
+                    # found by the claim after this short wait.
+                    broker.wait_for_work(AFTER_PARTIAL_CLAIM, stop, self.queues)
                 continue
             if self.burst:
                 if idle_before:
