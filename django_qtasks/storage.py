@@ -14,9 +14,10 @@ import datetime as dt
 import functools
 import json
 import logging
+import operator
 import uuid as uuid_lib
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -98,7 +99,6 @@ def _sql_literal(value: Any) -> str:
 # COPY's text format: tab-separated, \N for NULL, backslash escapes.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _COPY_CHUNK = 1000  # rows per write: big enough to amortise, small enough to stream
-_UNIQUE_PER_ROW = frozenset({"uuid", "args", "kwargs"})  # not worth remembering
 
 
 def _copy_text(value: Any) -> str:
@@ -114,34 +114,89 @@ def _copy_text(value: Any) -> str:
     return str(value)  # int, UUID
 
 
-def _copy_chunks(rows: Sequence[tuple[Any, ...]]) -> Iterator[str]:
-    """The rows (in _INSERT_COLUMNS order, then the constants) as COPY text, in chunks.
+def _new_rows(
+    specs: Sequence[TaskSpec], now: dt.datetime
+) -> Iterator[tuple[Task, tuple[Any, ...]]]:
+    """Each new task's snapshot and its INSERT row (in _INSERT_COLUMNS order)."""
+    tags_json: dict[tuple[str, ...], str] = {}  # the few distinct tag lists, encoded once
+    for spec, uuid in zip(specs, uuid7s(len(specs)), strict=True):
+        status = (TaskStatus.BLOCKED if spec.blocked else TaskStatus.NEW).value
+        run_after = spec.run_after or now
+        encoded = spec.encoded or (json.dumps(spec.args), json.dumps(spec.kwargs))
+        tags = tuple(spec.tags)
+        if tags not in tags_json:
+            tags_json[tags] = json.dumps(spec.tags)
+        row = (
+            uuid, spec.task_name, spec.queue, spec.priority, status, encoded[0],
+            encoded[1], spec.max_retries, run_after, now, now, spec.unique_key,
+            tags_json[tags], spec.concurrency_key, spec.max_concurrency, spec.flow_id,
+            spec.flow_stage, spec.flow_index,
+        )  # fmt: skip
+        task = Task(
+            uuid=uuid,
+            task_name=spec.task_name,
+            status=status,
+            priority=spec.priority,
+            queue=spec.queue,
+            args=spec.args,
+            kwargs=spec.kwargs,
+            returning=None,
+            traceback="",
+            errors=[],
+            attempt=0,
+            max_retries=spec.max_retries,
+            run_after=run_after,
+            created_at=now,
+            updated_at=now,
+            started_at=None,
+            finished_at=None,
+            worker_id="",
+            unique_key=spec.unique_key,
+            cancel_requested=False,
+            progress=None,
+            tags=spec.tags,
+            concurrency_key=spec.concurrency_key,
+            max_concurrency=spec.max_concurrency,
+            flow_id=spec.flow_id,
+            flow_stage=spec.flow_stage,
+            flow_index=spec.flow_index,
+        )
+        yield task, row
 
-    Formatting here beats psycopg's per-value row writer by about three times, since
-    most values repeat within a bulk enqueue (the task name, queue, times, tags) and
-    are formatted once per batch. The JSON columns hold text from ``json.dumps``,
-    which never contains a raw tab or line break: only backslashes need doubling."""
-    tail = "".join("\t" + _copy_text(value) for value in _INSERT_CONSTANTS.values()) + "\n"
-    memo: list[dict[Any, str]] = [{} for _ in _INSERT_COLUMNS]
-    uuid_at, args_at, kwargs_at = (_INSERT_COLUMNS.index(n) for n in ("uuid", "args", "kwargs"))
-    repeated = [i for i, name in enumerate(_INSERT_COLUMNS) if name not in _UNIQUE_PER_ROW]
+
+# The COPY's column order: what differs in every row first, then the columns whose
+# values repeat across a bulk enqueue, then the constants.
+_COPY_FIRST = ("uuid", "args", "kwargs")
+_COPY_REST = tuple(name for name in _INSERT_COLUMNS if name not in _COPY_FIRST)
+_COPY_COLUMNS = (*_COPY_FIRST, *_COPY_REST, *_INSERT_CONSTANTS)
+
+
+def _copy_chunks(rows: Iterable[tuple[Any, ...]]) -> Iterator[str]:
+    """The rows (tuples in _INSERT_COLUMNS order) as COPY text in _COPY_COLUMNS order,
+    in chunks.
+
+    Formatting here beats psycopg's per-value row writer several times over: the part
+    of a line after the arguments (task name, queue, times, tags, constants) is the
+    same for most rows of a bulk enqueue, and is formatted once per distinct value.
+    The JSON columns hold text from ``json.dumps``, which never contains a raw tab or
+    line break: only backslashes need doubling."""
+    uuid_at, args_at, kwargs_at = (_INSERT_COLUMNS.index(name) for name in _COPY_FIRST)
+    rest_of = operator.itemgetter(*(_INSERT_COLUMNS.index(name) for name in _COPY_REST))
+    constants = "".join("\t" + _copy_text(value) for value in _INSERT_CONSTANTS.values())
+    rests: dict[tuple[Any, ...], str] = {}
     lines: list[str] = []
     for row in rows:
-        fields = [""] * len(row)
-        fields[uuid_at] = str(row[uuid_at])
-        for at in (args_at, kwargs_at):
-            text = row[at]
-            fields[at] = text.replace("\\", "\\\\") if "\\" in text else text
-        for at in repeated:
-            value = row[at]
-            seen = memo[at]
-            text = seen.get(value)
-            if text is None:
-                text = seen[value] = _copy_text(value)
-            fields[at] = text
-        lines.append("\t".join(fields))
-        lines.append(tail)
-        if len(lines) >= 2 * _COPY_CHUNK:
+        key = rest_of(row)
+        rest = rests.get(key)
+        if rest is None:
+            rest = rests[key] = "".join("\t" + _copy_text(v) for v in key) + constants + "\n"
+        args, kwargs = row[args_at], row[kwargs_at]
+        if "\\" in args:
+            args = args.replace("\\", "\\\\")
+        if "\\" in kwargs:
+            kwargs = kwargs.replace("\\", "\\\\")
+        lines.append(f"{row[uuid_at]}\t{args}\t{kwargs}{rest}")
+        if len(lines) >= _COPY_CHUNK:
             yield "".join(lines)
             lines = []
     if lines:
@@ -375,68 +430,29 @@ class DjangoStorage(BaseStorage):
         statement run for each row. The snapshots come from the specs, their places in
         a flow (and ``blocked``) included."""
         connection = connections[self.alias]
-        now = timezone.now()
         tasks: list[Task] = []
-        rows: list[tuple[Any, ...]] = []
-        tags_json: dict[tuple[str, ...], str] = {}  # the few distinct tag lists, encoded once
-        for spec, uuid in zip(specs, uuid7s(len(specs)), strict=True):
-            status = (TaskStatus.BLOCKED if spec.blocked else TaskStatus.NEW).value
-            run_after = spec.run_after or now
-            encoded = spec.encoded or (json.dumps(spec.args), json.dumps(spec.kwargs))
-            tags = tuple(spec.tags)
-            if tags not in tags_json:
-                tags_json[tags] = json.dumps(spec.tags)
-            rows.append((
-                uuid, spec.task_name, spec.queue, spec.priority, status, encoded[0],
-                encoded[1], spec.max_retries, run_after, now, now, spec.unique_key,
-                tags_json[tags], spec.concurrency_key, spec.max_concurrency, spec.flow_id,
-                spec.flow_stage, spec.flow_index,
-            ))  # fmt: skip
-            tasks.append(
-                Task(
-                    uuid=uuid,
-                    task_name=spec.task_name,
-                    status=status,
-                    priority=spec.priority,
-                    queue=spec.queue,
-                    args=spec.args,
-                    kwargs=spec.kwargs,
-                    returning=None,
-                    traceback="",
-                    errors=[],
-                    attempt=0,
-                    max_retries=spec.max_retries,
-                    run_after=run_after,
-                    created_at=now,
-                    updated_at=now,
-                    started_at=None,
-                    finished_at=None,
-                    worker_id="",
-                    unique_key=spec.unique_key,
-                    cancel_requested=False,
-                    progress=None,
-                    tags=spec.tags,
-                    concurrency_key=spec.concurrency_key,
-                    max_concurrency=spec.max_concurrency,
-                    flow_id=spec.flow_id,
-                    flow_stage=spec.flow_stage,
-                    flow_index=spec.flow_index,
-                )
-            )
-        if connection.vendor == "postgresql" and len(rows) == 1:
-            self._insert_one(connection, rows[0])
+
+        def rows() -> Iterator[tuple[Any, ...]]:
+            for task, row in _new_rows(specs, timezone.now()):
+                tasks.append(task)
+                yield row
+
+        if connection.vendor == "postgresql" and len(specs) == 1:
+            self._insert_one(connection, next(rows()))
             return tasks
         ops = connection.ops
         table = ops.quote_name(TaskRecord._meta.db_table)
-        names = ", ".join(ops.quote_name(c) for c in (*_INSERT_COLUMNS, *_INSERT_CONSTANTS))
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
                 # Many rows: COPY, PostgreSQL's bulk path. It takes the values as they
                 # are (no SQL text to build and parse), about twice the rate of an
-                # INSERT over unnest() arrays. It runs on psycopg's own cursor, so it
-                # bypasses Django's query logging; it is still one statement, atomic.
-                with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
-                    for chunk in _copy_chunks(rows):
+                # INSERT over unnest() arrays; the rows are built as they stream, so
+                # the server takes in one chunk while the next is made. It runs on
+                # psycopg's own cursor, so it bypasses Django's query logging; it is
+                # still one statement, atomic.
+                columns = ", ".join(ops.quote_name(c) for c in _COPY_COLUMNS)
+                with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                    for chunk in _copy_chunks(rows()):
                         copy.write(chunk)
             else:
                 prepare = [
@@ -445,8 +461,9 @@ class DjangoStorage(BaseStorage):
                 ]
                 values = [
                     [prep(value, connection) for prep, value in zip(prepare, row, strict=True)]
-                    for row in rows
+                    for row in rows()
                 ]
+                names = ", ".join(ops.quote_name(c) for c in (*_INSERT_COLUMNS, *_INSERT_CONSTANTS))
                 marks = ", ".join(["%s"] * len(_INSERT_COLUMNS))
                 constants = ", ".join(_sql_literal(v) for v in _INSERT_CONSTANTS.values())
                 cursor.executemany(
