@@ -38,12 +38,14 @@ def server_bound_cursor(connection: Any) -> Any:
     with an unnamed statement, which transaction poolers pass through): no quoting of
     every element of every array into the SQL text. psycopg 2 binds on the client only,
     so there it is Django's own cursor."""
-    try:
-        from django.db.backends.postgresql.base import ServerBindingCursor
-    except ImportError:
+    cursor_class = _cursor_classes()[0]
+    if cursor_class is None:
         return connection.cursor()
     connection.ensure_connection()
-    return _wrap(connection, ServerBindingCursor(connection.connection))  # type: ignore[call-arg]
+    cursor = cursor_class(connection.connection)
+    if connection.queries_logged:
+        return connection.make_debug_cursor(cursor)
+    return connection.make_cursor(cursor)
 
 
 def prepared_cursor(connection: Any) -> Any:
@@ -51,14 +53,13 @@ def prepared_cursor(connection: Any) -> Any:
     only runs: for a one-row INSERT of a task that is most of the server's work before
     the commit. psycopg keeps the statements (and forgets them where it must: after a
     ROLLBACK, a DISCARD ALL). Only where :func:`session_state_wanted` says so: a prepared
-    statement lives in the server session."""
-    cursor_class = _preparing_cursor_class()
-    if cursor_class is None:
-        return connection.cursor()
-    if connection.queries_logged:
-        # DEBUG, assertNumQueries: psycopg keeps no text of a prepared run, so Django
-        # would log the statement without it (as None on Django 5.2). Unprepared, the
-        # log shows it; speed is not what such a connection is for.
+    statement lives in the server session.
+
+    Where Django logs queries (DEBUG, assertNumQueries) the statement runs unprepared:
+    psycopg keeps no text of a prepared run, so Django would log it without its SQL
+    (as None on Django 5.2); speed is not what such a connection is for."""
+    cursor_class = _cursor_classes()[1]
+    if cursor_class is None or connection.queries_logged:
         return server_bound_cursor(connection)
     connection.ensure_connection()
     raw = connection.connection
@@ -66,26 +67,20 @@ def prepared_cursor(connection: Any) -> Any:
         # Django's default: preparing off for the whole connection. Let our explicit
         # requests through; every other query still runs unprepared.
         raw.prepare_threshold = _ONLY_WHEN_ASKED
-    return _wrap(connection, cursor_class(raw))
-
-
-def _wrap(connection: Any, cursor: Any) -> Any:
-    if connection.queries_logged:
-        return connection.make_debug_cursor(cursor)
-    return connection.make_cursor(cursor)
+    return connection.make_cursor(cursor_class(raw))
 
 
 @functools.cache
-def _preparing_cursor_class() -> type | None:
-    """Django's server-binding cursor, asking psycopg to prepare each statement (made
-    on first use: psycopg 2 has no such cursor)."""
+def _cursor_classes() -> tuple[Any, Any]:
+    """Django's server-binding cursor, and one that asks psycopg to prepare each
+    statement; ``(None, None)`` on psycopg 2, which has neither."""
     try:
         from django.db.backends.postgresql.base import ServerBindingCursor
     except ImportError:
-        return None
+        return None, None
 
     class PreparingCursor(ServerBindingCursor):
         def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
             return super().execute(query, params, prepare=True, **kwargs)  # type: ignore[misc]
 
-    return PreparingCursor
+    return ServerBindingCursor, PreparingCursor

@@ -43,7 +43,7 @@ from .models import (
 )
 from .settings import QTasksSettings
 from .signals import component_started, component_stopped
-from .task import Outcome, Task, TaskSpec
+from .task import Outcome, Task, TaskSpec, check_json
 
 logger = logging.getLogger("django_qtasks.storage")
 
@@ -122,7 +122,9 @@ def _new_rows(
     for spec, uuid in zip(specs, uuid7s(len(specs)), strict=True):
         status = (TaskStatus.BLOCKED if spec.blocked else TaskStatus.NEW).value
         run_after = spec.run_after or now
-        encoded = spec.encoded or (json.dumps(spec.args), json.dumps(spec.kwargs))
+        # The spec builder encoded (and checked) the arguments; a spec made elsewhere
+        # goes through the same check.
+        encoded = spec.encoded or check_json(spec.args, spec.kwargs, None)
         tags = tuple(spec.tags)
         if tags not in tags_json:
             tags_json[tags] = json.dumps(spec.tags)

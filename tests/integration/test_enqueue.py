@@ -339,3 +339,21 @@ class _alias_settings:
     def __exit__(self, *exc):
         for key, value in self.old.items():
             self.connection.settings_dict[key] = value
+
+
+def test_a_spec_made_without_the_builder_is_checked_like_any_other():
+    """TaskSpec is public (a custom Broker may make one): one without encoded arguments
+    is encoded and checked by the same code as add_task()'s, before anything is stored."""
+    from django_qtasks.task import TaskSpec
+
+    def spec(args):
+        return TaskSpec(task_name="tests.record", args=args, kwargs={}, queue="default",
+                        priority=0, run_after=None, max_retries=0)  # fmt: skip
+
+    task = app.broker.add_many([spec(["k", 1.5]), spec([{"x": None}])])[0]
+    assert TaskRecord.objects.get(uuid=task.uuid).args == ["k", 1.5]
+    with pytest.raises(TypeError, match="positional argument 0"):
+        app.broker.add_many([spec(["fine"]), spec([object()])])
+    with pytest.raises(TypeError, match=r"positional argument 0 \(float\)"):
+        app.broker.add(spec([float("nan")]))
+    assert TaskRecord.objects.count() == 2

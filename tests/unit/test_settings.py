@@ -32,6 +32,7 @@ def test_values_are_read_and_normalised():
         ({"POLL_INTERVAL": 0}, "'POLL_INTERVAL'"),
         ({"GRACE": -1}, "'GRACE'"),
         ({"DURABLE_CLAIMS": "yes"}, "'DURABLE_CLAIMS'"),
+        ({"PREPARED_STATEMENTS": "yes"}, "'PREPARED_STATEMENTS'"),
         ({"MIDDLEWARES_BEFORE": "a.b"}, "'MIDDLEWARES_BEFORE'"),
         ({"broker": "x"}, "'broker'"),
     ],
