@@ -153,6 +153,8 @@ def _wait_for_start(site: ExampleSite) -> tuple[int, int]:
         return _accepts_connections(site.port)
 
     wait_until(page_answers, timeout=30, interval=0.05, message="the example site to answer")
+    # The banner's last line: the script may still be printing it when the site answers.
+    wait_until(lambda: "  Stop:" in site.output(), timeout=10, message="the whole banner")
     return wait_until(site.pids, timeout=10, message="the pids in the banner")
 
 
