@@ -14,9 +14,12 @@ from django.dispatch import Signal
 
 logger = logging.getLogger("django_qtasks.signals")
 
-task_enqueued = Signal()  # kwargs: task (Task snapshot)
-task_started = Signal()  # kwargs: task (Task snapshot)
-task_finished = Signal()  # kwargs: task (Task snapshot), outcome (Outcome)
+# The task signals go out for every task, from the worker's hot path: they keep their
+# receivers per sender (Django's model signals do the same), instead of working the
+# list out again on each send. A sender must then be a class, as ours always are.
+task_enqueued = Signal(use_caching=True)  # kwargs: task (Task snapshot)
+task_started = Signal(use_caching=True)  # kwargs: task (Task snapshot)
+task_finished = Signal(use_caching=True)  # kwargs: task (Task snapshot), outcome (Outcome)
 component_started = Signal()  # kwargs: component (object), name (str)
 component_stopped = Signal()  # kwargs: component (object), name (str)
 

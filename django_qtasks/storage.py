@@ -17,7 +17,7 @@ import logging
 import operator
 import uuid as uuid_lib
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -134,34 +134,36 @@ def _new_rows(
             tags_json[tags], spec.concurrency_key, spec.max_concurrency, spec.flow_id,
             spec.flow_stage, spec.flow_index,
         )  # fmt: skip
-        task = Task(
-            uuid=uuid,
-            task_name=spec.task_name,
-            status=status,
-            priority=spec.priority,
-            queue=spec.queue,
-            args=spec.args,
-            kwargs=spec.kwargs,
-            returning=None,
-            traceback="",
-            errors=[],
-            attempt=0,
-            max_retries=spec.max_retries,
-            run_after=run_after,
-            created_at=now,
-            updated_at=now,
-            started_at=None,
-            finished_at=None,
-            worker_id="",
-            unique_key=spec.unique_key,
-            cancel_requested=False,
-            progress=None,
-            tags=spec.tags,
-            concurrency_key=spec.concurrency_key,
-            max_concurrency=spec.max_concurrency,
-            flow_id=spec.flow_id,
-            flow_stage=spec.flow_stage,
-            flow_index=spec.flow_index,
+        task = Task.from_fields(
+            {
+                "uuid": uuid,
+                "task_name": spec.task_name,
+                "status": status,
+                "priority": spec.priority,
+                "queue": spec.queue,
+                "args": spec.args,
+                "kwargs": spec.kwargs,
+                "returning": None,
+                "traceback": "",
+                "errors": [],
+                "attempt": 0,
+                "max_retries": spec.max_retries,
+                "run_after": run_after,
+                "created_at": now,
+                "updated_at": now,
+                "started_at": None,
+                "finished_at": None,
+                "worker_id": "",
+                "unique_key": spec.unique_key,
+                "cancel_requested": False,
+                "progress": None,
+                "tags": spec.tags,
+                "concurrency_key": spec.concurrency_key,
+                "max_concurrency": spec.max_concurrency,
+                "flow_id": spec.flow_id,
+                "flow_stage": spec.flow_stage,
+                "flow_index": spec.flow_index,
+            }
         )
         yield task, row
 
@@ -1325,17 +1327,21 @@ _CLAIM_COLUMNS = (
     "max_concurrency",
 )  # fmt: skip
 _CLAIM_JSON = tuple(
-    i for i, name in enumerate(_CLAIM_COLUMNS)
-    if name in {"args", "kwargs", "errors", "progress", "tags"}
-)  # fmt: skip
+    name for name in _CLAIM_COLUMNS if name in {"args", "kwargs", "errors", "progress", "tags"}
+)
+# Most rows hold empty lists and objects: no need to run the decoder for those.
+_EMPTY_JSON: dict[str, Callable[[], Any]] = {"[]": list, "{}": dict}
 
 
 def _snapshot_from_pg_row(row: Sequence[Any], known: dict[str, Any]) -> Task:
-    values = list(row)
-    for i in _CLAIM_JSON:
-        if isinstance(values[i], str):  # Django's psycopg setup leaves jsonb as text
-            values[i] = json.loads(values[i])
-    return Task(**dict(zip(_CLAIM_COLUMNS, values, strict=True)), **known)
+    values = dict(zip(_CLAIM_COLUMNS, row, strict=True))
+    for name in _CLAIM_JSON:
+        value = values[name]
+        if isinstance(value, str):  # Django's psycopg setup leaves jsonb as text
+            empty = _EMPTY_JSON.get(value)
+            values[name] = empty() if empty else json.loads(value)
+    values.update(known)
+    return Task.from_fields(values)
 
 
 def _as_uuid(value: Any) -> uuid_lib.UUID:

@@ -8,6 +8,7 @@ it gives a :class:`TaskCls` (a pending call) whose ``add_task()`` enqueues it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import inspect
 import json
 from collections.abc import Callable, Iterable, Sequence
@@ -68,7 +69,19 @@ class Task:
     def from_record(cls, record: TaskRecord) -> Task:
         values = {name: getattr(record, name) for name in _SNAPSHOT_FIELDS}
         values["status"] = str(values["status"])  # a plain string, however the row was made
-        return cls(**values)
+        return cls.from_fields(values)
+
+    @classmethod
+    def from_fields(cls, values: dict[str, Any]) -> Task:
+        """A snapshot from a mapping that names every field once, as the claim and the
+        bulk enqueue build it per row. It skips the generated ``__init__``: a frozen
+        dataclass sets each of its fields through ``object.__setattr__``, which cost
+        more than the rest of turning a claimed row into a snapshot."""
+        if values.keys() != _FIELD_SET:
+            raise TypeError(f"Task fields missing or unknown: {values.keys() ^ _FIELD_SET}")
+        task = object.__new__(cls)
+        task.__dict__.update(values)
+        return task
 
     @property
     def is_finished(self) -> bool:
@@ -95,6 +108,7 @@ class Task:
 
 
 _SNAPSHOT_FIELDS = tuple(Task.__dataclass_fields__)
+_FIELD_SET = frozenset(_SNAPSHOT_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -256,8 +270,9 @@ class BaseTask(Generic[A]):
     def name(self) -> str:
         return self.options.name
 
-    @property
+    @functools.cached_property
     def is_async(self) -> bool:
+        # Asked for every task a worker runs; inspect's answer is not cheap.
         return is_async_callable(self.func)
 
     def __call__(self, *args: Any, **kwargs: Any) -> TaskCls:

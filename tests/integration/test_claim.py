@@ -178,6 +178,24 @@ def test_a_claim_marks_rows_process_for_this_worker() -> None:
     assert (row.status, row.worker_id, row.attempt, row.started_at) == ("new", "", 0, None)
 
 
+def test_a_claimed_snapshot_is_the_row_as_stored() -> None:
+    """The claim builds snapshots from plain rows (no model instances): every field must
+    match what ``get()`` reads back, for empty and non-empty JSON values alike."""
+    plain = enqueue("plain")
+    full = enqueue("full", unique_key="u1")
+    TaskRecord.objects.filter(uuid=full).update(
+        status=TaskStatus.RETRY, kwargs={"k": [1, {"x": None}]}, tags=["a", "b"],
+        progress={"done": 1}, errors=[{"type": "E"}], traceback="tb", max_retries=3,
+    )  # fmt: skip
+
+    claimed = {t.uuid: t for t in claim(2)}
+
+    assert set(claimed) == {plain, full}
+    for uuid in (plain, full):
+        assert claimed[uuid] == app.get(uuid)
+    assert (claimed[full].errors, claimed[full].progress) == ([{"type": "E"}], {"done": 1})
+
+
 def test_rows_that_are_not_waiting_are_never_claimed() -> None:
     for status in (TaskStatus.PROCESS, TaskStatus.SUCCESS, TaskStatus.ERROR, TaskStatus.CANCEL):
         uuid = enqueue(f"is-{status}")

@@ -13,6 +13,7 @@ from django_qtasks.exceptions import InvalidTaskCall, WouldDeadlock
 from django_qtasks.models import TaskRecord
 from django_qtasks.queue_tasks import QueueTasks
 from django_qtasks.signals import task_enqueued
+from django_qtasks.task import Task
 from tests.helpers import in_threads
 from tests.testapp import tasks
 
@@ -27,6 +28,15 @@ def test_add_task_stores_a_new_task_and_returns_its_snapshot():
     )
     assert (task.priority, task.queue, task.attempt, task.max_retries) == (7, "default", 0, 0)
     assert app.get(task.uuid) == task
+
+
+def test_a_snapshot_is_built_only_from_every_field_once():
+    fields = vars(tasks.add.add_task(2, 3))
+    assert Task.from_fields(dict(fields)) == app.get(fields["uuid"])
+    with pytest.raises(TypeError, match="progress"):
+        Task.from_fields({k: v for k, v in fields.items() if k != "progress"})
+    with pytest.raises(TypeError, match="colour"):
+        Task.from_fields({**fields, "colour": "red"})
 
 
 def test_options_of_the_task_are_the_defaults():

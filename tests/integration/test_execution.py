@@ -199,6 +199,10 @@ def test_started_and_finished_signals(run_worker):
     def on_finish(sender, task, outcome, **kwargs):
         seen.append(("finished", task.uuid, outcome.status))
 
+    # The signals keep their receivers per sender: one sent before the receivers were
+    # connected, and one after they left, must not hide them or keep them.
+    tasks.add.add_task(0, 0)
+    run_worker()
     task_started.connect(on_start)
     task_finished.connect(on_finish)
     try:
@@ -207,6 +211,8 @@ def test_started_and_finished_signals(run_worker):
     finally:
         task_started.disconnect(on_start)
         task_finished.disconnect(on_finish)
+    tasks.add.add_task(2, 2)
+    run_worker()
     assert seen == [("started", task.uuid, "process"), ("finished", task.uuid, "success")]
 
 
