@@ -114,24 +114,27 @@ def _copy_text(value: Any) -> str:
     return str(value)  # int, UUID
 
 
+@functools.lru_cache(maxsize=256)
+def _tags_json(tags: tuple[str, ...]) -> str:
+    """A task's tags as stored: the few distinct lists (they come from the tasks'
+    options) are encoded once per process, not once per task."""
+    return json.dumps(list(tags))
+
+
 def _new_rows(
     specs: Sequence[TaskSpec], now: dt.datetime
 ) -> Iterator[tuple[Task, tuple[Any, ...]]]:
     """Each new task's snapshot and its INSERT row (in _INSERT_COLUMNS order)."""
-    tags_json: dict[tuple[str, ...], str] = {}  # the few distinct tag lists, encoded once
     for spec, uuid in zip(specs, uuid7s(len(specs)), strict=True):
         status = (TaskStatus.BLOCKED if spec.blocked else TaskStatus.NEW).value
         run_after = spec.run_after or now
         # The spec builder encoded (and checked) the arguments; a spec made elsewhere
         # goes through the same check.
         encoded = spec.encoded or check_json(spec.args, spec.kwargs, None)
-        tags = tuple(spec.tags)
-        if tags not in tags_json:
-            tags_json[tags] = json.dumps(spec.tags)
         row = (
             uuid, spec.task_name, spec.queue, spec.priority, status, encoded[0],
             encoded[1], spec.max_retries, run_after, now, now, spec.unique_key,
-            tags_json[tags], spec.concurrency_key, spec.max_concurrency, spec.flow_id,
+            _tags_json(tuple(spec.tags)), spec.concurrency_key, spec.max_concurrency, spec.flow_id,
             spec.flow_stage, spec.flow_index,
         )  # fmt: skip
         task = Task.from_fields(

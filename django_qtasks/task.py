@@ -217,7 +217,11 @@ def check_json(
     hot), failing before anything is stored if an argument would not survive JSON (the
     error names it) or if they are too big to belong in a queue row."""
     try:
-        encoded = _encode_json(list(args)), _encode_json(kwargs)
+        # Empty ones are common (most calls have no keyword arguments): no encoder.
+        encoded = (
+            _encode_json(list(args)) if args else "[]",
+            _encode_json(kwargs) if kwargs else "{}",
+        )
     except (TypeError, ValueError):
         _raise_for_bad_argument(args, kwargs)
         raise
