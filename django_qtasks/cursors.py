@@ -41,11 +41,7 @@ def server_bound_cursor(connection: Any) -> Any:
     cursor_class = _cursor_classes()[0]
     if cursor_class is None:
         return connection.cursor()
-    connection.ensure_connection()
-    cursor = cursor_class(connection.connection)
-    if connection.queries_logged:
-        return connection.make_debug_cursor(cursor)
-    return connection.make_cursor(cursor)
+    return _django_cursor(connection, cursor_class)
 
 
 def prepared_cursor(connection: Any) -> Any:
@@ -61,13 +57,24 @@ def prepared_cursor(connection: Any) -> Any:
     cursor_class = _cursor_classes()[1]
     if cursor_class is None or connection.queries_logged:
         return server_bound_cursor(connection)
-    connection.ensure_connection()
-    raw = connection.connection
+    cursor = _django_cursor(connection, cursor_class)
+    raw = connection.connection  # after the health check, which may have replaced it
     if raw.prepare_threshold is None:
         # Django's default: preparing off for the whole connection. Let our explicit
         # requests through; every other query still runs unprepared.
         raw.prepare_threshold = _ONLY_WHEN_ASKED
-    return connection.make_cursor(cursor_class(raw))
+    return cursor
+
+
+def _django_cursor(connection: Any, cursor_class: Any) -> Any:
+    """A ``cursor_class`` cursor made the way Django makes its own
+    (``BaseDatabaseWrapper._cursor``): a persistent connection that died since the
+    last request is replaced first (``CONN_HEALTH_CHECKS``), then the connection is
+    opened if need be, and the cursor wrapped for logging and execute wrappers."""
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        return connection._prepare_cursor(cursor_class(connection.connection))
 
 
 @functools.cache

@@ -367,3 +367,33 @@ def test_a_spec_made_without_the_builder_is_checked_like_any_other():
     with pytest.raises(TypeError, match=r"positional argument 0 \(float\)"):
         app.broker.add(spec([float("nan")]))
     assert TaskRecord.objects.count() == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("bulk", [False, True])
+def test_add_task_honours_django_connection_health_checks(bulk):
+    """With ``CONN_HEALTH_CHECKS``, Django replaces a persistent connection that died
+    since the last request before the request's first query. The INSERT's own cursor
+    must get the same check, or an enqueue that comes first in a request fails."""
+    import psycopg
+    from django.core.signals import request_started
+    from django.db import connection
+
+    options = {"CONN_HEALTH_CHECKS": True, "CONN_MAX_AGE": None}
+    with _alias_settings(connection, options):
+        connection.close()
+        connection.ensure_connection()  # a new connection that reads the settings
+        pid = connection.connection.info.backend_pid
+        params = connection.get_connection_params()
+        with psycopg.connect(**params, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", [pid])
+        request_started.send(sender=None)  # a new request: health check due
+        try:
+            if bulk:
+                made = app.add_tasks([tasks.add(1, 2), tasks.add(3, 4)])
+            else:
+                made = [tasks.add.add_task(1, 2)]
+        finally:
+            connection.close()
+    assert TaskRecord.objects.filter(uuid__in=[t.uuid for t in made]).count() == len(made)
