@@ -17,7 +17,8 @@ from typing import Any
 from django.utils import timezone
 
 from .counters import retire_orphans
-from .listener import Listener, listen_wanted
+from .cursors import session_state_wanted
+from .listener import Listener
 from .models import FINISHED_STATUSES
 from .settings import QTasksSettings
 from .signals import component_started, component_stopped
@@ -224,7 +225,7 @@ class DjangoBroker(BaseBroker):
 
     def _listener(self) -> Listener | None:
         """This thread's listener, when the database can notify and it is wanted."""
-        if not listen_wanted(self.settings.listen_notify, self.settings.database):
+        if not session_state_wanted(self.settings.listen_notify, self.settings.database):
             return None
         listener: Listener | None = getattr(self._listeners, "listener", None)
         if listener is None:

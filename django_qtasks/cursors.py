@@ -25,7 +25,9 @@ def session_state_wanted(setting: bool | str, alias: str) -> bool:
     statements) is on for database ``alias``, given its ``True``/``False``/``"auto"``
     setting. It needs PostgreSQL. ``"auto"`` turns it off where the alias says a pooler
     in transaction mode (PgBouncer) sits in front: such a pooler hands the session to
-    other clients between transactions. Django's documented sign of that pooler is
+    other clients between transactions (a LISTEN's notifications would go to a
+    stranger, or nowhere, and the worker wait a whole poll for nothing; polling is
+    always correct, only slower). Django's documented sign of that pooler is
     ``DISABLE_SERVER_SIDE_CURSORS = True``."""
     connection = connections[alias]
     if connection.vendor != "postgresql" or setting is False:

@@ -16,25 +16,10 @@ from typing import Any
 
 from django.db import connections
 
-from .cursors import session_state_wanted
-
 logger = logging.getLogger("django_qtasks.listener")
 
 CHANNEL = "django_qtasks"
 RETRY_AFTER = 5.0  # seconds before a lost listener connection is tried again
-
-
-def listen_wanted(setting: bool | str, alias: str) -> bool:
-    """Whether workers should LISTEN on database ``alias``, given ``QTASKS["LISTEN_NOTIFY"]``.
-
-    LISTEN belongs to a server session, and a pooler in transaction mode hands that
-    session to other clients after each statement: the notifications then go to a
-    stranger, or nowhere, and the worker would wait a whole poll for nothing. Django's
-    own sign of such a pooler is ``DISABLE_SERVER_SIDE_CURSORS = True`` (it documents
-    that setting for PgBouncer in transaction mode), so ``"auto"`` listens on
-    PostgreSQL unless the alias carries it. Polling is always correct, only slower.
-    """
-    return session_state_wanted(setting, alias)
 
 
 class Listener:

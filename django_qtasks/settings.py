@@ -60,7 +60,7 @@ class QTasksSettings:
     grace: float = 30.0
     result_poll_interval: float = 0.2
     max_args_size: int | None = 1_048_576
-    listen_notify: bool | str = "auto"  # "auto": see listener.listen_wanted()
+    listen_notify: bool | str = "auto"  # "auto": see cursors.session_state_wanted()
     durable_claims: bool = False  # True: a claim's commit waits for the WAL flush
     prepared_statements: bool | str = "auto"  # "auto": see cursors.session_state_wanted()
     heartbeat_interval: float = 5.0

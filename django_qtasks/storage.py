@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from .concurrency import LOCK_CLASS, lock_key
 from .cursors import prepared_cursor, server_bound_cursor, session_state_wanted
-from .exceptions import ConfigurationError, TaskConflict
+from .exceptions import ConfigurationError, InvalidTaskCall, TaskConflict
 from .global_config import BaseGlobalConfig
 from .listener import CHANNEL
 from .models import (
@@ -114,10 +114,22 @@ def _copy_text(value: Any) -> str:
     return str(value)  # int, UUID
 
 
+def _tags_json(tags: Sequence[str]) -> str:
+    """A task's tags as stored. The few distinct lists (they come from the tasks'
+    options, checked at registration) are encoded once per process, not once per
+    task; a hand-made TaskSpec's are checked here, once per distinct list."""
+    try:
+        if not isinstance(tags, str):
+            return _encoded_tags(tuple(tags))
+    except TypeError:  # not iterable, not hashable, or not all strings
+        pass
+    raise InvalidTaskCall(f"tags must be a list of strings, got {tags!r}.")
+
+
 @functools.lru_cache(maxsize=256)
-def _tags_json(tags: tuple[str, ...]) -> str:
-    """A task's tags as stored: the few distinct lists (they come from the tasks'
-    options) are encoded once per process, not once per task."""
+def _encoded_tags(tags: tuple[str, ...]) -> str:
+    if not all(isinstance(tag, str) for tag in tags):
+        raise TypeError("not all strings")
     return json.dumps(list(tags))
 
 
@@ -134,7 +146,7 @@ def _new_rows(
         row = (
             uuid, spec.task_name, spec.queue, spec.priority, status, encoded[0],
             encoded[1], spec.max_retries, run_after, now, now, spec.unique_key,
-            _tags_json(tuple(spec.tags)), spec.concurrency_key, spec.max_concurrency, spec.flow_id,
+            _tags_json(spec.tags), spec.concurrency_key, spec.max_concurrency, spec.flow_id,
             spec.flow_stage, spec.flow_index,
         )  # fmt: skip
         task = Task.from_fields(
@@ -507,6 +519,7 @@ class DjangoStorage(BaseStorage):
         # free: claim again at once (other tasks may be ready), a few rounds at most. The
         # handed-back rows are skipped: the running rows that made them excess are
         # committed, so the claim's hint now sees their group full.
+        interleaved = False  # batches of several rounds, each in claim order by itself
         for _round in range(_CLAIM_ROUNDS):
             batch, previous = self._claim_batch(
                 worker_id, queues, limit - len(claimed), exclude, uuids
@@ -514,10 +527,12 @@ class DjangoStorage(BaseStorage):
             handed_back = 0
             if previous:  # limited rows in the batch: the common path never gets here
                 batch, handed_back = self._check_limits(worker_id, batch, previous)
+            interleaved = interleaved or bool(claimed and batch)
             claimed += batch
             if not handed_back or len(claimed) >= limit:
                 break
-        claimed.sort(key=lambda t: (-t.priority, t.run_after, t.created_at))
+        if interleaved:
+            claimed.sort(key=_claim_order)
         return claimed
 
     def _claim_batch(
@@ -623,7 +638,7 @@ class DjangoStorage(BaseStorage):
                 tasks.append(Task.from_record(record))
                 if getattr(record, _PREVIOUS) is not None:
                     was[record.uuid] = getattr(record, _PREVIOUS)
-        tasks.sort(key=lambda t: (-t.priority, t.run_after, t.created_at))
+        tasks.sort(key=_claim_order)
         return tasks, was
 
     def _check_limits(
@@ -1345,6 +1360,11 @@ def _snapshot_from_pg_row(row: Sequence[Any], known: dict[str, Any]) -> Task:
             values[name] = empty() if empty else json.loads(value)
     values.update(known)
     return Task.from_fields(values)
+
+
+def _claim_order(task: Task) -> tuple[Any, ...]:
+    """The claim index's order: higher priority first, then older run_after and age."""
+    return (-task.priority, task.run_after, task.created_at)
 
 
 def _as_uuid(value: Any) -> uuid_lib.UUID:

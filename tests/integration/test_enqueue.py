@@ -1,5 +1,6 @@
 """add_task(): what is stored, what is refused, and how it follows the caller's transaction."""
 
+import dataclasses
 import datetime as dt
 
 import pytest
@@ -367,6 +368,20 @@ def test_a_spec_made_without_the_builder_is_checked_like_any_other():
     with pytest.raises(TypeError, match=r"positional argument 0 \(float\)"):
         app.broker.add(spec([float("nan")]))
     assert TaskRecord.objects.count() == 2
+
+
+@pytest.mark.parametrize("tags", [[["nested"]], [1], "one", None])
+def test_a_spec_with_tags_that_are_not_strings_is_refused_and_nothing_stored(tags):
+    """Tags are checked at registration; a hand-made TaskSpec's are checked on store."""
+    from django_qtasks.task import TaskSpec
+
+    bad = TaskSpec(task_name="tests.record", args=["k"], kwargs={}, queue="default",
+                   priority=0, run_after=None, max_retries=0, tags=tags)  # fmt: skip
+    with pytest.raises(InvalidTaskCall, match="tags must be a list of strings"):
+        app.broker.add(bad)
+    with pytest.raises(InvalidTaskCall, match="tags must be a list of strings"):
+        app.broker.add_many([dataclasses.replace(bad, tags=["fine"]), bad])
+    assert not TaskRecord.objects.exists()
 
 
 @pytest.mark.postgres

@@ -18,7 +18,7 @@ import pytest
 from django.db import connection
 
 from django_qtasks import app
-from django_qtasks.listener import listen_wanted
+from django_qtasks.cursors import session_state_wanted
 from django_qtasks.models import TaskRecord
 from tests.conftest import WorkerProcesses
 from tests.helpers import wait_until
@@ -123,8 +123,8 @@ def test_listen_notify_auto_polls_behind_the_pooler(pooled_workers: WorkerProces
     """The settings of a pooled alias turn LISTEN off; an explicit True still wins."""
     alias = connection.alias
     assert connection.settings_dict["DISABLE_SERVER_SIDE_CURSORS"] is True
-    assert listen_wanted("auto", alias) is False
-    assert listen_wanted(True, alias) is True
+    assert session_state_wanted("auto", alias) is False
+    assert session_state_wanted(True, alias) is True
     assert app.broker._listener() is None  # the default setting is "auto"
 
 

@@ -11,7 +11,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 
-from django_qtasks.listener import listen_wanted
+from django_qtasks.cursors import session_state_wanted
 from django_qtasks.settings import build_settings
 
 
@@ -44,8 +44,8 @@ def pooled_alias() -> Iterator[str]:
 
 def test_auto_listens_on_postgresql_unless_a_pooler_is_declared(pooled_alias: str) -> None:
     postgres = connection.vendor == "postgresql"
-    assert listen_wanted("auto", pooled_alias) is False
-    assert listen_wanted(True, pooled_alias) is postgres  # explicit: the user knows best
-    assert listen_wanted(False, pooled_alias) is False
+    assert session_state_wanted("auto", pooled_alias) is False
+    assert session_state_wanted(True, pooled_alias) is postgres  # explicit: the user knows best
+    assert session_state_wanted(False, pooled_alias) is False
     connection.settings_dict["DISABLE_SERVER_SIDE_CURSORS"] = False
-    assert listen_wanted("auto", pooled_alias) is postgres
+    assert session_state_wanted("auto", pooled_alias) is postgres
