@@ -48,8 +48,13 @@ test-lts:
 	@scripts/ensure-pgbouncer.sh
 	.venv-lts/bin/$(PYTEST) -m "not browser" $(PYTEST_ARGS)
 
+## make docs: serve the documentation on 127.0.0.1:$(DOCS_PORT), beside `make run` (8000).
+DOCS_PORT ?= 8001
 docs: venv
-	$(VENV)/bin/mkdocs serve
+	@if (exec 3<>/dev/tcp/127.0.0.1/$(DOCS_PORT)) 2>/dev/null; then \
+	  echo "Port $(DOCS_PORT) is taken (by another 'make docs'?): stop it, or choose another port: DOCS_PORT=8002 make docs" >&2; \
+	  exit 1; fi
+	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
 
 ## make screenshots: refresh the admin pictures in docs/images from the browser tests.
 screenshots: venv browser
