@@ -20,6 +20,9 @@ FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
 # Where code and configuration name docs pages.
 SOURCES = ["django_qtasks", "example_project", "bench", "scripts", "tests"]
 SOURCE_FILES = ["pyproject.toml", "Makefile", "mkdocs.yml", "CHANGELOG.md", "README.md"]
+# Pages already named in code while they are being written, with who writes them. An
+# entry must go when its page lands: the test below fails while both exist.
+PENDING = {"databases.md": "the MariaDB/MySQL page"}
 
 
 def slug(heading: str) -> str:
@@ -58,9 +61,15 @@ def test_every_docs_page_named_in_the_repository_exists() -> None:
     broken = [
         f"{where}: docs/{page}" + (f"#{anchor}" if anchor else "")
         for where, page, anchor in refs
-        if not (DOCS / page).exists() or (anchor and anchor not in anchors(page))
+        if page not in PENDING
+        and (not (DOCS / page).exists() or (anchor and anchor not in anchors(page)))
     ]
     assert not broken, "references to docs that do not exist:\n" + "\n".join(broken)
+
+
+def test_pending_pages_are_still_pending() -> None:
+    landed = [page for page in PENDING if (DOCS / page).exists()]
+    assert not landed, f"{landed} exist now: remove them from PENDING"
 
 
 def test_the_readme_links_resolve() -> None:
