@@ -6,7 +6,7 @@ DOCS_SITE := $(or $(TMPDIR),/tmp)/qtasks-docs-site
 # Tests run in two processes (pytest-xdist): most of them wait on real workers.
 PYTEST := pytest -n $(or $(PYTEST_PROCESSES),2)
 
-.PHONY: run test check browser pgbouncer screenshots test-sqlite test-postgres test-lts docs chaos bench venv clean
+.PHONY: run test check browser pgbouncer screenshots test-sqlite test-postgres test-lts test-mariadb docs chaos bench venv clean
 
 venv:
 	@scripts/venv.sh $(VENV)
@@ -48,8 +48,20 @@ test-lts:
 	@scripts/ensure-pgbouncer.sh
 	.venv-lts/bin/$(PYTEST) -m "not browser" $(PYTEST_ARGS)
 
+## make test-mariadb: the suite on MariaDB 10.6+ / MySQL 8.0+ at MARIADB_URL (default: the
+## local server, root without a password), started first if it is installed but stopped.
+MARIADB_URL ?= mysql://root@127.0.0.1:3306/test
+test-mariadb: venv
+	@MARIADB_URL=$(MARIADB_URL) scripts/ensure-mariadb.sh
+	DATABASE_URL=$(MARIADB_URL) $(VENV)/bin/$(PYTEST) -m "not browser" $(PYTEST_ARGS)
+
+## make docs: serve the documentation on 127.0.0.1:$(DOCS_PORT), beside `make run` (8000).
+DOCS_PORT ?= 8001
 docs: venv
-	$(VENV)/bin/mkdocs serve
+	@if (exec 3<>/dev/tcp/127.0.0.1/$(DOCS_PORT)) 2>/dev/null; then \
+	  echo "Port $(DOCS_PORT) is taken (by another 'make docs'?): stop it, or choose another port: DOCS_PORT=8002 make docs" >&2; \
+	  exit 1; fi
+	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
 
 ## make screenshots: refresh the admin pictures in docs/images from the browser tests.
 screenshots: venv browser

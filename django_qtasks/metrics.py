@@ -8,7 +8,7 @@ themselves (:mod:`~django_qtasks.counters`, a few GlobalConfig rows). So a scrap
 costs the same with a thousand rows in the table or a hundred million.
 
 The view is a plain Django view: restrict it (``QTASKS["METRICS_TOKEN"]``, a
-staff-only wrapper, or the web server's IP allow-list); see docs/monitoring.md.
+staff-only wrapper, or the web server's IP allow-list); see docs/operations.md.
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ class QTasksSettings:
     schedule: tuple[ScheduleEntry, ...] = ()
     prune_after: float | None = None
     prune_batch_size: int = 1000
-    heartbeat_file: str | None = None  # touched on each heartbeat; see docs/monitoring.md
+    heartbeat_file: str | None = None  # touched on each heartbeat; see docs/operations.md
     metrics_token: str | None = None  # a bearer token the metrics view asks for
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -112,7 +112,7 @@ class Status:
         return found
 
     def as_dict(self, problems: list[str] | None = None) -> dict[str, Any]:
-        """The JSON form (``qtasks_status --json``; docs/monitoring.md has the schema)."""
+        """The JSON form (``qtasks_status --json``; docs/operations.md has the schema)."""
         recent = asdict(self.recent)
         recent["failure_rate"] = self.recent.failure_rate
         return {

@@ -21,6 +21,18 @@ if [ ! -x "$PY" ]; then
   exit 1
 fi
 
+# A shell that starts with SIGINT ignored (any background job of a non-interactive
+# shell, such as `make test &` or a CI step, passes that on) can neither trap it nor
+# restore it, and Ctrl-C would do nothing. So start once more with SIGINT at its
+# default: Python can reset it, and exec keeps the default for the new bash.
+if [ -z "${QTASKS_SIGINT_RESET:-}" ]; then
+  export QTASKS_SIGINT_RESET=1
+  exec "$PY" -c 'import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+os.execvp("bash", ["bash", *sys.argv[1:]])' "$PWD/scripts/run-example.sh" "$@"
+fi
+unset QTASKS_SIGINT_RESET
+
 port_open() { (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null; }
 if port_open; then
   echo "Something already answers on $HOST:$PORT: stop it, or choose another port (PORT=8001)." >&2

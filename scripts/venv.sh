@@ -42,10 +42,13 @@ fi
 extras=${extras:-dev}
 
 stamp="$dir/.installed"
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/venv.sh ]; then exit 0; fi
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/venv.sh ] \
+  && [ "$stamp" -nt scripts/ensure-mysql-headers.sh ]; then exit 0; fi
 echo "Creating $dir with $("$py" --version) and $django" >&2
+# mysqlclient (in the dev extra) compiles against the MariaDB client headers.
+scripts/ensure-mysql-headers.sh
 [ -x "$dir/bin/python" ] || "$py" -m venv "$dir"
 "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[$extras]" "$django" 2>&1 | grep -v '^WARNING: Location' || true
-"$dir/bin/python" -c "import django, django_qtasks; print('Django', django.get_version())" >&2
+"$dir/bin/python" -c "import django, django_qtasks, MySQLdb; print('Django', django.get_version())" >&2
 touch "$stamp"

@@ -15,14 +15,20 @@ from django_qtasks import app as project_app
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# The markers of tests for one database, and the vendor each needs.
+_VENDOR_MARKERS = {"postgres": ("postgresql", "PostgreSQL"), "mysql": ("mysql", "MariaDB or MySQL")}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """``@pytest.mark.postgres`` tests are skipped when the suite runs on SQLite."""
-    if connection.vendor == "postgresql":
-        return
-    skip = pytest.mark.skip(reason="needs PostgreSQL (set DATABASE_URL)")
-    for item in items:
-        if "postgres" in item.keywords:
-            item.add_marker(skip)
+    """``@pytest.mark.postgres`` and ``@pytest.mark.mysql`` tests are skipped when the
+    suite runs on another database."""
+    for marker, (vendor, name) in _VENDOR_MARKERS.items():
+        if connection.vendor == vendor:
+            continue
+        skip = pytest.mark.skip(reason=f"needs {name} (set DATABASE_URL)")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture

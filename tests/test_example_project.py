@@ -111,9 +111,17 @@ class ExampleSite:
             pytest.fail(f"run-example.sh exited with {self.proc.returncode}:\n{self.output()}")
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.fixture
-def example_site(tmp_path: Path) -> Iterator[ExampleSite]:
-    """``scripts/run-example.sh`` on a temp database, in a process group of its own."""
+def example_site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ExampleSite]:
+    """``scripts/run-example.sh`` on a temp database, in a process group of its own.
+
+    With ``request.param == "ignored"`` the script starts with SIGINT ignored, as every
+    background job of a non-interactive shell does (``make test &``, a CI step)."""
+    sigint = getattr(request, "param", "default")
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
@@ -130,6 +138,7 @@ def example_site(tmp_path: Path) -> Iterator[ExampleSite]:
         proc = subprocess.Popen(
             ["bash", str(SCRIPT)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_ignore_sigint if sigint == "ignored" else None,
         )
     site = ExampleSite(proc=proc, port=int(env["PORT"]), log=log)
     try:
@@ -228,8 +237,11 @@ def test_make_run_serves_the_demo_and_runs_its_tasks(example_site: ExampleSite) 
     _stop_and_check(site, signal.SIGTERM, pids)
 
 
+@pytest.mark.parametrize("example_site", ["default", "ignored"], indirect=True)
 def test_ctrl_c_stops_the_site_and_the_worker(example_site: ExampleSite) -> None:
-    """The server runs as a background job, which ignores SIGINT: the script forwards it."""
+    """The server runs as a background job, which ignores SIGINT: the script forwards it.
+    It works however the script was started, also with SIGINT ignored by its parent
+    (the script restores the default before it traps the signal)."""
     pids = _wait_for_start(example_site)
     _, page = Browser(example_site.url).get("/")
     assert "django-qtasks demo" in page

@@ -1,5 +1,5 @@
 """``python manage.py qtasks_status``: queues, workers and recent failures; ``--check``
-for probes and cron monitors (docs/monitoring.md)."""
+for probes and cron monitors (docs/operations.md)."""
 
 from __future__ import annotations
 
