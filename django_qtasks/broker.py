@@ -105,6 +105,10 @@ class BaseBroker(ABC):
     ) -> list[tuple[uuid_lib.UUID, str]]:
         return self.storage.rescue(worker_id, crashed=crashed, keep=keep)
 
+    def release(self, worker_id: str, uuids: Collection[uuid_lib.UUID]) -> int:
+        """Hand back claimed tasks that never started; see :meth:`BaseStorage.release`."""
+        return self.storage.release(worker_id, uuids)
+
     def heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
         """Say this worker is alive for ``ttl`` more seconds."""
         self.storage.global_config.set(WORKERS, worker_id, info, ttl=ttl)

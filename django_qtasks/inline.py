@@ -68,7 +68,8 @@ class InlineWorker(ThreadWorker):
         self.timekeeper = shared_timekeeper()
 
     def _executed(self, done: _Done) -> None:
-        """Store the outcome now, in this thread, instead of handing it to a completer."""
+        """Store the outcome now, in this thread, instead of handing it to a completer
+        (nothing is claimed ahead here: there is no next task)."""
         self._store([done])
 
     def run(self, stop: threading.Event, force: threading.Event, grace: float) -> bool:

@@ -81,6 +81,7 @@ class ChildWorker(ThreadWorker):
         left = self.max_tasks - self.claimed_total
         if left <= 0:
             self.send("retire", "")  # finish what runs, exit, and get replaced
+            self.run_ahead_on_stop = True  # what it claimed ahead counts among its tasks
             stop.set()
             return 0
         return min(free, left)

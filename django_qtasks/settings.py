@@ -56,6 +56,7 @@ class QTasksSettings:
     retry_backoff_max: float = 3600.0
     default_max_time: float | None = None
     concurrency: int = 4
+    prefetch: int = 32  # rows a worker may claim ahead of its free threads (prefetch.py)
     poll_interval: float = 1.0
     grace: float = 30.0
     result_poll_interval: float = 0.2
@@ -130,7 +131,7 @@ def _validate(key: str, value: Any) -> Any:
             "an integer from -100 to 100",
         )
         return value
-    if name in {"default_retry", "concurrency"}:
+    if name in {"default_retry", "concurrency", "prefetch"}:
         low = 1 if name == "concurrency" else 0
         _check(
             key,

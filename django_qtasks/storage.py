@@ -345,6 +345,13 @@ class BaseStorage(ABC):
         """
 
     @abstractmethod
+    def release(self, worker_id: str, uuids: Collection[uuid_lib.UUID]) -> int:
+        """Put tasks that ``worker_id`` claimed but never started back to waiting, as
+        they were before the claim (their attempt unspent, their place in claim order
+        kept), for any worker to claim; returns how many. Rows no longer held by that
+        worker are left alone."""
+
+    @abstractmethod
     def cancel(self, uuid: uuid_lib.UUID | str, reason: str = "") -> Task | None:
         """Cancel a waiting task at once; ask a running one to stop (``cancel_requested``)."""
 
@@ -1003,6 +1010,37 @@ class DjangoStorage(BaseStorage):
                 extra={"action": "rescue", "task_uuid": str(uuid), "status": status},
             )
         return rescued
+
+    def release(self, worker_id: str, uuids: Collection[uuid_lib.UUID]) -> int:
+        if not uuids:
+            return 0
+        connection = connections[self.alias]
+        ops = connection.ops
+        table = ops.quote_name(TaskRecord._meta.db_table)
+        pk = TaskRecord._meta.pk
+        # A first attempt was `new` before its claim; a later one was `retry`; one that
+        # was asked to cancel meanwhile is cancelled (it never ran). run_after is kept:
+        # the row goes back to its place in claim order.
+        now = ops.adapt_datetimefield_value(timezone.now())
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET status = CASE WHEN cancel_requested THEN %s "
+                "WHEN attempt <= 1 THEN %s ELSE %s END, "
+                "finished_at = CASE WHEN cancel_requested THEN %s ELSE NULL END, "
+                "attempt = attempt - 1, worker_id = '', started_at = NULL, updated_at = %s "
+                f"WHERE uuid IN ({', '.join(['%s'] * len(uuids))}) "
+                f"AND status = '{TaskStatus.PROCESS.value}' AND worker_id = %s",
+                [
+                    TaskStatus.CANCEL.value,
+                    TaskStatus.NEW.value,
+                    TaskStatus.RETRY.value,
+                    now,
+                    now,
+                    *(pk.get_db_prep_value(uuid, connection) for uuid in uuids),
+                    worker_id,
+                ],
+            )
+            return int(cursor.rowcount)
 
     def cancel(self, uuid: uuid_lib.UUID | str, reason: str = "") -> Task | None:
         pk = TaskRecord._meta.pk.get_db_prep_value(_as_uuid(uuid), connections[self.alias])

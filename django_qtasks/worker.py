@@ -1,7 +1,8 @@
 """Worker: runs claimed tasks concurrently and stores how they ended.
 
-The main loop claims only as many tasks as there are free threads (no in-memory
-backlog), hands them to the threads, and waits for work through the Broker. Each
+The main loop claims as many tasks as there are free threads plus a small bounded
+buffer of short tasks claimed ahead (:mod:`.prefetch`), hands them to the threads,
+and waits for work through the Broker. Each
 thread keeps its own database connection for its life and closes it at the end.
 A :class:`~django_qtasks.heartbeat.Heartbeat` keeps the worker visibly alive and a
 :class:`~django_qtasks.timelimit.Timekeeper` enforces ``max_time`` on sync tasks.
@@ -31,6 +32,7 @@ from .executor import BaseTaskExecutor
 from .heartbeat import Heartbeat
 from .log import task_fields
 from .models import TaskStatus
+from .prefetch import ClaimAhead
 from .scheduler import Scheduler
 from .settings import import_component
 from .task import Outcome, Task
@@ -47,6 +49,10 @@ MAX_COMPLETION_BATCH = 500
 CLAIM_LINGER = 0.002  # seconds a busy worker waits for more free threads before claiming
 AFTER_PARTIAL_CLAIM = 0.02  # seconds to wait for an enqueue after a claim came back short
 IDLE_PING_AFTER = 1.0  # seconds a thread's connection may idle before a task pings it
+# Outcomes waiting for the completer before claims pause (at least 2 x concurrency): a
+# slow database slows the claims instead of growing a backlog, yet the completer can
+# store outcomes in batches while the next claim runs.
+OUTCOME_BACKLOG = 64
 
 
 def make_worker_id() -> str:
@@ -105,10 +111,15 @@ class ThreadWorker(BaseWorker):
         self._threads: list[threading.Thread] = []
         # Held by this worker until their outcome is stored (cancel relays, shutdown).
         self._running: dict[uuid_lib.UUID, TaskContext | None] = {}
-        # Claimed and not yet done executing: what the threads are busy with.
+        # Handed to a thread and not yet done executing: what the threads are busy with.
         self._executing = 0
         self._changed = threading.Condition()
         settings = app.settings
+        # Claimed beyond the free threads, waiting for one (in _running too).
+        self.ahead = ClaimAhead(settings.prefetch, self.concurrency)
+        # On stop, rows still in the buffer go back to the queue, unless this is set (a
+        # pool child retiring after its max tasks runs what it took).
+        self.run_ahead_on_stop = False
         self.default_executor: BaseTaskExecutor = import_component(
             settings, "executor", BaseTaskExecutor
         )(settings)
@@ -170,6 +181,10 @@ class ThreadWorker(BaseWorker):
         try:
             self._claim_loop(stop)
             stop.set()
+            with self._changed:
+                unstarted = [] if self.run_ahead_on_stop else self.ahead.clear()
+            if unstarted:  # not run at shutdown: back to the queue at once
+                self._hand_back(unstarted, "the worker is stopping")
             clean = self._drain(grace, force)
         finally:
             self._leave()
@@ -180,6 +195,7 @@ class ThreadWorker(BaseWorker):
         failures = 0
         while not stop.is_set():
             free = self._wait_for_free_slot(stop)
+            self._hand_back_stale()
             if free == 0 or stop.is_set():
                 continue
             free = self.claim_limit(free, stop)
@@ -208,10 +224,14 @@ class ThreadWorker(BaseWorker):
             if claimed:
                 self.on_claimed(claimed)
                 with self._changed:
-                    self._executing += len(claimed)
+                    # Free threads get theirs now; the rest waits in the buffer for the
+                    # threads to take as they come free.
+                    now = max(0, self.concurrency - self._executing)
+                    self._executing += min(now, len(claimed))
                     for task in claimed:
                         self._running[task.uuid] = None
-                for task in claimed:
+                    self.ahead.add(claimed[now:], time.monotonic())
+                for task in claimed[:now]:
                     self._inbox.put(task)
                 if len(claimed) < free and not self.burst:
                     # The claim found fewer ready tasks than free threads: the queue is
@@ -271,20 +291,54 @@ class ThreadWorker(BaseWorker):
         return max(0.0, min(self.poll_interval, (due - timezone.now()).total_seconds()))
 
     def _free_slots(self) -> int:
-        """Threads free to run a task now; none while too many outcomes wait to be
-        stored (a slow database must slow the claims, not grow a backlog)."""
-        if len(self._running) >= 2 * self.concurrency:
+        """How many tasks to claim now: one per free thread, plus the buffer's room
+        (see :mod:`.prefetch`); none while too many outcomes wait to be stored (a slow
+        database must slow the claims, not grow a backlog)."""
+        waiting = len(self._running) - self._executing - len(self.ahead)
+        if waiting >= max(2 * self.concurrency, OUTCOME_BACKLOG):
             return 0
-        return max(0, self.concurrency - self._executing)
+        return max(0, self.concurrency - self._executing) + self.ahead.room()
 
     def _wait_for_free_slot(self, stop: threading.Event) -> int:
         with self._changed:
             while not self._free_slots() and not stop.is_set():
                 self._changed.wait(0.5)
+                if self.ahead.has_stale(time.monotonic()):
+                    return 0  # hand those back first
             if self._executing and self._free_slots() < self.concurrency // 2:
                 # Busy: linger a moment so that one claim fills several threads.
                 self._changed.wait(CLAIM_LINGER)
             return self._free_slots()
+
+    def _hand_back_stale(self) -> None:
+        """Rows that waited in the buffer too long go back to the queue (the threads are
+        busy with longer tasks than expected), for an idle worker to take."""
+        with self._changed:
+            stale = self.ahead.stale(time.monotonic())
+        if stale:
+            self._hand_back(stale, "waited too long for a thread")
+
+    def _hand_back(self, tasks: list[Task], why: str) -> None:
+        """Release claimed tasks that never started; if the database is away, they wait
+        in the buffer again (a shutdown's are left to the rescue in ``_leave``)."""
+        try:
+            self.app.broker.release(self.worker_id, [task.uuid for task in tasks])
+        except DatabaseError:
+            logger.warning("Could not hand back %d claimed task(s)", len(tasks), exc_info=True)
+            reset_connection(self.app.settings.database)
+            with self._changed:
+                self.ahead.put_back(tasks, time.monotonic())
+            return
+        logger.debug(
+            "Handed back %d claimed task(s) that had not started: %s",
+            len(tasks),
+            why,
+            extra={"action": "handed_back_unstarted", "count": len(tasks)},
+        )
+        with self._changed:
+            for task in tasks:
+                self._running.pop(task.uuid, None)
+            self._changed.notify_all()
 
     def _wait_for_change(self, stop: threading.Event) -> None:
         with self._changed:
@@ -334,24 +388,29 @@ class ThreadWorker(BaseWorker):
         """Pass cancel requests to the running tasks they name."""
         with self._changed:
             contexts = [self._running.get(uuid) for uuid in uuids]
+            unstarted = self.ahead.remove(uuids)
         for ctx in contexts:
             if ctx is not None and not ctx.is_cancelled:
                 ctx.request_cancel()
+        for task in unstarted:  # claimed ahead: it ends cancelled without running
+            self._completed.put(_Done(task, Outcome(status=TaskStatus.CANCEL), 0.0))
 
     # -- one thread ----------------------------------------------------------------------
     def _thread_main(self) -> None:
         alias = self.app.settings.database
         connection = connections[alias]  # this thread's, for its life (looked up once)
         last_used = time.monotonic()
+        following: Task | None = None  # the next task, from the buffer of claimed ones
         try:
             while True:
-                task = self._inbox.get()
+                task = following or self._inbox.get()
+                following = None
                 if task is None:
                     return
                 try:
                     if time.monotonic() - last_used > IDLE_PING_AFTER:
                         ensure_usable(alias)
-                    self.process(task)
+                    following = self.process(task)
                 except BaseException as exc:
                     # process() handles everything a task can do; this is our own bug.
                     # The task still gets an outcome, so it is not left in `process`.
@@ -360,7 +419,7 @@ class ThreadWorker(BaseWorker):
                         task.uuid,
                         extra=task_fields(task, action="worker_bug"),
                     )
-                    self._executed(
+                    following = self._executed(
                         _Done(task, Outcome(status=TaskStatus.ERROR,
                                             error=describe_exception(exc)), 0.0)
                     )  # fmt: skip
@@ -379,8 +438,9 @@ class ThreadWorker(BaseWorker):
                 self._running.pop(task.uuid, None)
             self._changed.notify_all()
 
-    def process(self, task: Task) -> None:
-        """Run one claimed task and hand its outcome to the completer; never raises."""
+    def process(self, task: Task) -> Task | None:
+        """Run one claimed task and hand its outcome to the completer; never raises.
+        Returns the thread's next task when one waits in the buffer."""
         try:
             definition = self.app.registry.get(task.task_name)
         except TaskNotRegistered as exc:
@@ -393,8 +453,7 @@ class ThreadWorker(BaseWorker):
                 task.task_name,
                 extra=task_fields(task, action="unknown_task"),
             )
-            self._executed(_Done(task, outcome, 0.0))
-            return
+            return self._executed(_Done(task, outcome, 0.0))
         ctx = TaskContext(definition, task, timekeeper=self.timekeeper)
         with self._changed:
             self._running[task.uuid] = ctx
@@ -405,16 +464,22 @@ class ThreadWorker(BaseWorker):
         signals.send_from_worker(signals.task_started, type(self.app), task=task)
         started = time.monotonic()
         outcome = executor.execute(definition, task, ctx)
-        self._executed(_Done(task, outcome, time.monotonic() - started))
+        return self._executed(_Done(task, outcome, time.monotonic() - started))
 
-    def _executed(self, done: _Done) -> None:
-        """The thread is free again; the outcome goes to the completer. (The
+    def _executed(self, done: _Done) -> Task | None:
+        """The outcome goes to the completer, and the thread takes the next task waiting
+        in the buffer, if any (in the same lock: a thread is never idle while a claimed
+        task waits), or is free again. (The
         :class:`~django_qtasks.inline.InlineWorker` of immediate mode and the test
         helpers overrides this to ``_store`` at once, in the caller's thread.)"""
         self._completed.put(done)
         with self._changed:
-            self._executing -= 1
+            self.ahead.record(done.duration)
+            following = self.ahead.take()
+            if following is None:
+                self._executing -= 1
             self._changed.notify_all()
+        return following
 
     def _executor(self, definition: BaseTask[Any]) -> BaseTaskExecutor:
         cls = definition.options.executor
