@@ -26,9 +26,9 @@ def fresh_database(url: str) -> None:
         conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def setup_django(url: str) -> None:
+def setup_django(url: str, settings: str = "bench.settings") -> None:
     os.environ["BENCH_DATABASE_URL"] = url
-    os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
+    os.environ["DJANGO_SETTINGS_MODULE"] = settings
     sys.path.insert(0, str(ROOT))
     import django
     from django.core.management import call_command
@@ -37,11 +37,12 @@ def setup_django(url: str) -> None:
     call_command("migrate", verbosity=0)
 
 
-def worker_env(url: str) -> dict[str, str]:
-    """What a worker process needs on top of the environment to use the bench settings."""
+def worker_env(url: str, settings: str = "bench.settings") -> dict[str, str]:
+    """What a worker process needs on top of the environment to use the bench settings
+    (``bench.settings``, tuned, or ``bench.settings_defaults``, the library's defaults)."""
     return {
         "BENCH_DATABASE_URL": url,
-        "DJANGO_SETTINGS_MODULE": "bench.settings",
+        "DJANGO_SETTINGS_MODULE": settings,
         "PYTHONPATH": str(ROOT),
     }
 

@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import DEFAULT_URL, ROOT, fresh_database
-from bench.measure import MARKER, kill_marked, median, stop_group
+from bench.measure import ENQUEUE_TURN, MARKER, kill_marked, median, stop_group
 
 VENVS = ROOT / ".bench"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -52,8 +52,10 @@ class System:
     uses_postgres: bool = True
     settings: str = ""
     version: str = ""
-    #: what the system is measured on; the other columns show "—"
-    measures: tuple[str, ...] = ("enqueue", "bulk", "drain", "latency")
+    #: the jobs (see jobs_for) this row is measured on; its other columns show "—"
+    measures: tuple[str, ...] = ("enqueue", "bulk", "drain1", "drain2", "latency")
+    #: extra environment of its driver (which of our rows it is)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def python(self) -> Path:
@@ -62,17 +64,47 @@ class System:
         return VENVS / f"venv-{self.name}" / "bin" / "python"
 
 
+def ours(name: str, label: str, settings: str, args: str, measures: tuple[str, ...]) -> System:
+    env = {"BENCH_OURS_SETTINGS": settings, "BENCH_OURS_ARGS": args}
+    return System(name, label, "bench/ours_driver.py", 1.0, measures=measures, env=env)
+
+
 SYSTEMS = [
-    System("ours", "django-qtasks", "bench/ours_driver.py", 1.0),
+    # What the README gives: `qtasks_worker` with no flags, no QTASKS key, Django's
+    # CONN_MAX_AGE. Every ratio in the table is against this row.
+    ours(
+        "ours",
+        "django-qtasks defaults",
+        "bench.settings_defaults",
+        "",
+        ("enqueue", "bulk", "drain1", "drain2", "latency"),
+    ),
+    # Tuned for short tasks as docs/performance.md recommends.
+    ours(
+        "ours-c64",
+        "django-qtasks --concurrency 64",
+        "bench.settings",
+        "--concurrency 64",
+        ("drain1", "drain2", "latency"),
+    ),
+    # Process mode with the default threads: 2 children of 4 threads each.
+    ours(
+        "ours-p2",
+        "django-qtasks --processes 2",
+        "bench.settings_defaults",
+        "--processes 2",
+        ("drain1",),
+    ),
     System("djangotasks", "django-tasks-db", "bench/peers/djangotasks_driver.py", 0.025),
     System("procrastinate", "procrastinate", "bench/peers/procrastinate_driver.py", 0.1),
     System("celery", "Celery + Redis", "bench/peers/celery_driver.py", 0.25, uses_postgres=False),
-    # The database's own limit for the enqueue columns: our table, psycopg alone.
-    System(
-        "postgres", "PostgreSQL alone", "bench/pg_driver.py", 1.0, measures=("enqueue", "bulk")
-    ),
+    # The database's own limit for the enqueue columns: our table, psycopg alone. Its
+    # single-enqueue cell comes from the defaults row's driver, where it takes turns
+    # with add_task() and enqueue() in one process.
+    System("postgres", "PostgreSQL alone", "bench/pg_driver.py", 1.0, measures=("bulk",)),
 ]
-OWN_VENV = {"ours", "postgres"}  # run in our virtualenv
+OURS = {"ours", "ours-c64", "ours-p2"}
+OWN_VENV = {*OURS, "postgres"}  # run in our virtualenv
 PEER_PACKAGES = {
     "djangotasks": "django-tasks-db",
     "procrastinate": "procrastinate",
@@ -82,8 +114,10 @@ PEER_PACKAGES = {
 # column key, header, format
 COLUMNS = [
     ("enqueue", "enqueue/s", "{:,.0f}"),
+    ("djenqueue", "django.tasks enqueue/s", "{:,.0f}"),
     ("bulk", "bulk enqueue/s", "{:,.0f}"),
     ("drain1", "drain/s, 1 worker", "{:,.0f}"),
+    ("cpu", "worker CPU µs/task", "{:,.0f}"),
     ("drain2", "drain/s, 2 workers", "{:,.0f}"),
     ("p50", "latency p50 ms", "{:.1f}"),
     ("p99", "latency p99 ms", "{:.1f}"),
@@ -95,10 +129,13 @@ COLUMNS = [
 class Job:
     """One measurement: a driver command and the columns its JSON line fills."""
 
+    key: str  # the name in System.measures
     measure: str
     n: int
     workers: int = 1
     columns: dict[str, str] = field(default_factory=dict)  # column -> JSON key
+    #: cells of other rows it fills: (system, column) -> JSON key
+    elsewhere: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 @dataclass
@@ -115,12 +152,17 @@ def drain_tasks(system: System, sizes: Sizes) -> int:
 
 def jobs_for(system: System, sizes: Sizes) -> list[Job]:
     drain = drain_tasks(system, sizes)
+    columns = {"enqueue": "rate", "djenqueue": "django_tasks_rate"}
+    enqueue = Job("enqueue", "enqueue", sizes.enqueue, columns=columns)
+    if system.name == "ours":
+        enqueue.elsewhere[("postgres", "enqueue")] = "pg_rate"
+    drain1 = {"drain1": "rate", "rss": "rss_mib", "cpu": "cpu_us"}
     return [
-        Job("enqueue", sizes.enqueue, columns={"enqueue": "rate"}),
-        Job("bulk", sizes.bulk, columns={"bulk": "rate"}),
-        Job("drain", drain, 1, columns={"drain1": "rate", "rss": "rss_mib"}),
-        Job("drain", drain, 2, columns={"drain2": "rate"}),
-        Job("latency", sizes.latency, columns={"p50": "p50_ms", "p99": "p99_ms"}),
+        enqueue,
+        Job("bulk", "bulk", sizes.bulk, columns={"bulk": "rate"}),
+        Job("drain1", "drain", drain, 1, columns=drain1),
+        Job("drain2", "drain", drain, 2, columns={"drain2": "rate"}),
+        Job("latency", "latency", sizes.latency, columns={"p50": "p50_ms", "p99": "p99_ms"}),
     ]
 
 
@@ -149,6 +191,7 @@ class Harness:
             raise Failed(f"{system.python} missing: run bench/peers/setup.sh")
         env = {
             **os.environ,
+            **system.env,
             MARKER: self.run_id,
             "BENCH_DATABASE_URL": self.url(system),
             "BENCH_REDIS_URL": REDIS_URL,
@@ -203,7 +246,7 @@ class Harness:
                 print(f"{system.label}: failed: {exc}", file=sys.stderr)
 
     def version_of(self, system: System) -> str:
-        if system.name == "ours":
+        if system.name in OURS:
             from importlib.metadata import version
 
             return version("django-qtasks")
@@ -219,7 +262,7 @@ class Harness:
     def measure(self, system: System, job: Job) -> None:
         if len(self.failures[system.name]) == len(COLUMNS):
             return  # did not start at all
-        if job.measure not in system.measures:
+        if job.key not in system.measures:
             for column in job.columns:
                 self.values[system.name].setdefault(column, []).append(None)
             return
@@ -244,6 +287,9 @@ class Harness:
             return
         for column, key in job.columns.items():
             self.values[system.name].setdefault(column, []).append(result.get(key))
+        for (name, column), key in job.elsewhere.items():
+            if name in self.values:
+                self.values[name].setdefault(column, []).append(result.get(key))
         shown = ", ".join(f"{k}={v:.1f}" for k, v in result.items() if isinstance(v, float))
         print(
             f"  {system.label:16} {' '.join(args):24} {shown} [{time.monotonic() - started:.0f}s]",
@@ -303,6 +349,62 @@ class Harness:
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines)
 
+    def value(self, name: str, column: str) -> float | None:
+        system = next((s for s in self.systems if s.name == name), None)
+        return None if system is None else self.cell(system, column)[1]
+
+    def goals(self) -> list[str]:
+        """The ratios our performance goals are stated in, read off the table above."""
+        v = self.value
+        celery = [x for x in (v("celery", "drain1"), v("celery", "drain2")) if x]
+        checks = [
+            (
+                "drain, defaults ÷ --concurrency 64",
+                v("ours", "drain1"), v("ours-c64", "drain1"), 0.70, "ratio",
+            ),
+            (
+                "drain, defaults ÷ Celery's best (1 or 2 workers)",
+                v("ours", "drain1"), max(celery) if celery else None, 5.0, "ratio",
+            ),
+            (
+                "drain, --processes 2 ÷ defaults (1 process, same threads)",
+                v("ours-p2", "drain1"), v("ours", "drain1"), 1.6, "ratio",
+            ),
+            (
+                "single add_task() ÷ PostgreSQL alone (taking turns)",
+                v("ours", "enqueue"), v("postgres", "enqueue"), 0.90, "ratio",
+            ),
+            (
+                "django.tasks enqueue() ÷ PostgreSQL alone (taking turns)",
+                v("ours", "djenqueue"), v("postgres", "enqueue"), 0.85, "ratio",
+            ),
+            ("latency p50 ms, defaults", v("ours", "p50"), 1.0, -3.5, "ms"),
+        ]  # fmt: skip
+        lines = ["Goals (defaults = django-qtasks defaults row):"]
+        for what, top, bottom, target, kind in checks:
+            if top is None or not bottom:
+                lines.append(f"- {what}: not measured")
+                continue
+            ratio = top / bottom
+            if kind == "ms":
+                met = ratio <= -target
+                lines.append(f"- {what}: {ratio:.2f} (goal <= {-target:g}) {_verdict(met)}")
+            else:
+                shown = f"{ratio:.0%}" if target < 1 else f"{ratio:.2f}x"
+                goal = f"{target:.0%}" if target < 1 else f"{target:g}x"
+                lines.append(f"- {what}: {shown} (goal >= {goal}) {_verdict(ratio >= target)}")
+        cpu_one, cpu_two = v("ours", "cpu"), v("ours-p2", "cpu")
+        if cpu_one and cpu_two:
+            lines.append(
+                f"- worker CPU per task: {cpu_one:,.0f} µs in one process, {cpu_two:,.0f} µs "
+                f"with --processes 2 (parent and children)"
+            )
+        return lines
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
 
 def redis_version(url: str) -> str:
     parts = urlparse(url)
@@ -353,15 +455,21 @@ def machine_lines(url: str) -> list[str]:
 
 def notes(harness: Harness, sizes: Sizes, rounds: int) -> list[str]:
     lines = [
-        f"Medians of {rounds} interleaved round(s). Ratio in brackets = peer ÷ django-qtasks "
-        "(above 1 is better for the peer in the rate columns, worse in latency and RSS).",
-        f"enqueue/s: {sizes.enqueue} single enqueue calls in autocommit from one client. "
+        f"Medians of {rounds} interleaved round(s). Ratio in brackets = row ÷ django-qtasks "
+        "defaults (above 1 is better for the row in the rate columns, worse in latency, "
+        "CPU and RSS). Our other rows show — in what their worker flags do not change.",
+        f"enqueue/s: {sizes.enqueue} single enqueue calls in autocommit from one client; "
+        "ours, django.tasks enqueue() on our backend and PostgreSQL alone take turns of "
+        f"{ENQUEUE_TURN} calls in one process (the defaults row's driver), the others run "
+        "alone. "
         f"bulk enqueue/s: {sizes.bulk} tasks through the system's bulk API in one call "
         "(— where there is none).",
         "drain/s: N no-op tasks preloaded, then VACUUM ANALYZE, timed from starting the "
         "worker processes to the last one done (worker start-up included).",
         f"latency: {sizes.latency} tasks one after another to an idle worker, from just "
         "before the enqueue call to the time.time() the task itself records on start.",
+        "worker CPU: user + system CPU of the worker process and its children per task "
+        "during the 1-worker drain, from its first finished task (start-up left out). "
         "worker RSS: peak resident memory of one worker process and its children during "
         "the 1-worker drain.",
         "PostgreSQL alone: the same task table (our migrations) written by psycopg with no "
@@ -373,7 +481,7 @@ def notes(harness: Harness, sizes: Sizes, rounds: int) -> list[str]:
         if reasons:
             lines.append(f"{system.label} failed (all rounds: failed, some: *): {reasons[0]}")
     for system in harness.systems:
-        drain = f"; drain N={drain_tasks(system, sizes)}" if "drain" in system.measures else ""
+        drain = f"; drain N={drain_tasks(system, sizes)}" if "drain1" in system.measures else ""
         lines.append(f"- {system.label}: {system.settings or 'did not start'}{drain}")
     return lines
 
@@ -392,7 +500,11 @@ def main() -> int:
         default=50000,
         help="tasks per drain for django-qtasks; slower peers drain a share",
     )
-    parser.add_argument("--only", default="", help="comma-separated: ours,djangotasks,...")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated: ours (all our rows), ours-c64, djangotasks, postgres, ...",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, 1 round (smoke run)")
     parser.add_argument(
         "--timeout",
@@ -403,6 +515,8 @@ def main() -> int:
     args = parser.parse_args()
     names = [s.name for s in SYSTEMS]
     wanted = [n.strip() for n in args.only.split(",") if n.strip()] or names
+    if "ours" in wanted:
+        wanted += sorted(OURS)
     unknown = sorted(set(wanted) - set(names))
     if unknown:
         parser.error(f"--only: unknown {', '.join(unknown)}; choose from {', '.join(names)}")
@@ -433,6 +547,8 @@ def main() -> int:
     print("\n".join(header))
     print()
     print(harness.table())
+    print()
+    print("\n".join(harness.goals()))
     print()
     print("\n".join(notes(harness, sizes, rounds)))
     return status or (1 if any(harness.failures.values()) else 0)

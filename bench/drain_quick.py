@@ -18,19 +18,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import DEFAULT_URL, fresh_database
 from bench.measure import measure_bulk, measure_drain, measure_enqueue, measure_latency
-from bench.ours_driver import CONCURRENCY, OursDriver
+from bench.ours_driver import OursDriver
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=20000)
-    parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
+    parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--enqueue", type=int, default=3000)
     parser.add_argument("--latency", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args()
     url = os.environ.setdefault("BENCH_DATABASE_URL", DEFAULT_URL)
-    driver = OursDriver(args.concurrency)
+    driver = OursDriver(["--concurrency", str(args.concurrency)])
 
     def fresh() -> OursDriver:
         driver.release()

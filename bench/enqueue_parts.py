@@ -11,6 +11,8 @@ the first,
     our statement    our prepared INSERT of the same row (18 parameters), from psycopg
     Django's cursor  the same, through the cursor add_task() uses
     add_task()       the whole call: validation, encoding, snapshot, signal
+    enqueue()        django.tasks' Task.enqueue() on our backend (its validation,
+                     the TaskResult it returns, Django's task_enqueued signal)
 
 Each step down adds one layer, so the differences are what each layer costs.
 ``--async-commit`` sets ``synchronous_commit = off`` on both connections: the disk's
@@ -66,6 +68,12 @@ def main() -> None:
         "Django's cursor": lambda: storage._insert_one(connection, row()),
         "add_task()": lambda: app.add_task("bench.noop"),
     }
+    try:
+        from bench.benchapp.tasks import django_noop
+    except ImportError:  # no django.tasks (Django 5.2 without the backport)
+        pass
+    else:
+        ways["enqueue()"] = django_noop.enqueue
     names = list(ways)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(args.rounds):

@@ -53,6 +53,11 @@ class Driver:
     def enqueue_one(self) -> None:
         raise NotImplementedError
 
+    def enqueue_ways(self) -> dict[str, Callable[[], None]]:
+        """The single-enqueue calls to time, by the JSON key of their rate. More than one:
+        they take turns in this one process (see :func:`measure_enqueue`)."""
+        return {"rate": self.enqueue_one}
+
     def enqueue_bulk(self, n: int) -> None:
         raise NotImplementedError
 
@@ -116,6 +121,31 @@ def _proc_children() -> dict[int, list[int]]:
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(int(entry.name))
     return children
+
+
+def _tree(pid: int) -> list[int]:
+    children = _proc_children()
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) spent so far by ``pids`` and all their descendants: the
+    live processes' own, plus what their reaped children left in ``cutime``/``cstime``."""
+    total = 0
+    for pid in pids:
+        for current in _tree(pid):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+                total += sum(int(value) for value in fields[11:15])  # utime .. cstime
+    return total / _TICKS
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -226,12 +256,34 @@ def rate(n: int, action: Callable[[], None]) -> float:
     return n / (time.perf_counter() - started)
 
 
-def measure_enqueue(driver: Driver, n: int, **_: Any) -> dict[str, Any]:
-    def run() -> None:
-        for _ in range(n):
-            driver.enqueue_one()
+ENQUEUE_TURN = 100  # calls per turn when several ways of enqueueing take turns
 
-    return {"rate": rate(n, run)}
+
+def measure_enqueue(driver: Driver, n: int, **_: Any) -> dict[str, Any]:
+    """``n`` single enqueue calls per way. Several ways (ours: the database alone,
+    ``add_task()``, ``django.tasks`` ``enqueue()``) take turns of ``ENQUEUE_TURN`` calls
+    in one process, the order rotating every turn, so that the machine's drift hits
+    them alike; each rate is the median of its turns."""
+    ways = driver.enqueue_ways()
+    if len(ways) == 1:
+        [(key, call)] = ways.items()
+
+        def run() -> None:
+            for _ in range(n):
+                call()
+
+        return {key: rate(n, run)}
+    names = list(ways)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for turn in range(max(1, n // ENQUEUE_TURN)):
+        shift = turn % len(names)
+        for name in names[shift:] + names[:shift]:
+            call = ways[name]
+            started = time.perf_counter()
+            for _ in range(ENQUEUE_TURN):
+                call()
+            rates[name].append(ENQUEUE_TURN / (time.perf_counter() - started))
+    return {name: median(values) for name, values in rates.items()}
 
 
 def measure_bulk(driver: Driver, n: int, **_: Any) -> dict[str, Any]:
@@ -274,15 +326,31 @@ def measure_drain(
     driver.release()
     started = time.perf_counter()
     with workers(driver, workers_count, log) as group:
+        pids = [proc.pid for proc in group.procs]
+        # CPU per task is counted from the first finished task on: start-up (Django's
+        # imports, a pool's children) is not per-task work.
+        first: list[tuple[int, float]] = []
 
         def all_done() -> bool:
             group.check_alive()
-            return driver.done_count() >= n
+            done = driver.done_count()
+            if done and not first:
+                first.append((done, tree_cpu_seconds(pids)))
+            return done >= n
 
         wait_until(all_done, timeout, POLL, f"{n} tasks to finish")
         elapsed = time.perf_counter() - started
+        cpu = tree_cpu_seconds(pids)
         peak = group.peak_rss
-    return {"rate": n / elapsed, "tasks": n, "seconds": elapsed, "rss_mib": peak / 2**20}
+    done_then, cpu_then = first[0]
+    per_task = (cpu - cpu_then) / (n - done_then) if n > done_then else None
+    return {
+        "rate": n / elapsed,
+        "tasks": n,
+        "seconds": elapsed,
+        "rss_mib": peak / 2**20,
+        "cpu_us": None if per_task is None else per_task * 1e6,
+    }
 
 
 def measure_latency(

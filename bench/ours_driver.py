@@ -2,14 +2,23 @@
 
     python bench/ours_driver.py {enqueue,bulk,drain,latency} N [--workers W]
 
-Settings: bench/settings.py (PostgreSQL from BENCH_DATABASE_URL, persistent connections,
-LISTEN/NOTIFY on); workers are ``qtasks_worker --concurrency C`` processes.
+Which of our rows it measures comes from the environment: ``BENCH_OURS_SETTINGS``, the
+settings module (``bench.settings``, tuned: persistent connections, short poll; or
+``bench.settings_defaults``: no QTASKS key, Django's CONN_MAX_AGE), and
+``BENCH_OURS_ARGS``, the ``qtasks_worker`` flags (none: the defaults row).
+
+Its enqueue measurement times three ways of writing one no-op task, taking turns in
+this one process: the database alone (bench/pg_driver.py's prepared INSERT of the same
+row, on a psycopg connection of its own), ``add_task()``, and ``django.tasks``
+``enqueue()`` on our backend (where Django has the Tasks framework).
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +26,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import DEFAULT_URL, setup_django, worker_argv, worker_env
 from bench.measure import Driver, main
+from bench.pg_driver import PostgresDriver
 
-CONCURRENCY = int(os.environ.get("BENCH_OURS_CONCURRENCY", "64"))
+SETTINGS = os.environ.get("BENCH_OURS_SETTINGS", "bench.settings")
+ARGS = shlex.split(os.environ.get("BENCH_OURS_ARGS", "--concurrency 64"))
 
 
 class OursDriver(Driver):
     bulk_api = "app.add_tasks()"
 
-    def __init__(self, concurrency: int = CONCURRENCY) -> None:
+    def __init__(self, args: list[str] | None = None, settings: str = SETTINGS) -> None:
         self.url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
-        self.concurrency = concurrency
-        self.settings = f"qtasks_worker --concurrency {concurrency} (threads), LISTEN/NOTIFY"
+        self.args = ARGS if args is None else args
+        self.settings_module = settings
+        flags = shlex.join(self.args) or "no flags"
+        self.settings = f"qtasks_worker {flags} ({settings}), LISTEN/NOTIFY"
 
     def prepare(self) -> None:
-        setup_django(self.url)  # migrates the fresh database
+        setup_django(self.url, self.settings_module)  # migrates the fresh database
         from django_qtasks import app
         from django_qtasks.models import TaskRecord
 
@@ -39,11 +52,24 @@ class OursDriver(Driver):
     def enqueue_one(self) -> None:
         self.app.add_task("bench.noop")
 
+    def enqueue_ways(self) -> dict[str, Callable[[], None]]:
+        alone = PostgresDriver()
+        alone.connect()
+        self.alone = alone
+        ways = {"pg_rate": alone.enqueue_one, "rate": self.enqueue_one}
+        try:
+            from bench.benchapp.tasks import django_noop
+        except ImportError:
+            return ways
+        ways["django_tasks_rate"] = django_noop.enqueue
+        return ways
+
     def enqueue_bulk(self, n: int) -> None:
         self.app.add_tasks([("bench.noop", (), {})] * n)
 
     def worker_command(self) -> tuple[list[str], dict[str, str]]:
-        return worker_argv("--concurrency", str(self.concurrency), "-v", "0"), worker_env(self.url)
+        argv = worker_argv(*self.args, "-v", "0")
+        return argv, worker_env(self.url, self.settings_module)
 
     def done_count(self) -> int:
         return self.records.filter(status="success").count()
@@ -60,6 +86,10 @@ class OursDriver(Driver):
             from django.db import connection
 
             connection.close()
+
+    def close(self) -> None:
+        if hasattr(self, "alone"):
+            self.alone.close()
 
 
 if __name__ == "__main__":

@@ -37,16 +37,19 @@ class PostgresDriver(Driver):
         self.url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
 
     def prepare(self) -> None:
-        import psycopg
+        from django.db import connection
 
         setup_django(self.url)  # our migrations: the same table, indexes and trigger
-        from django.db import connection
+        connection.close()
+        self.connect()
+
+    def connect(self) -> None:
+        """A psycopg connection of its own to the migrated database, in autocommit."""
+        import psycopg
 
         from django_qtasks.models import uuid7, uuid7s
 
         self.uuid7, self.uuid7s = uuid7, uuid7s
-
-        connection.close()
         self.conn: Any = psycopg.connect(self.url, autocommit=True)
         names = ", ".join(COLUMNS)
         marks = "%s, 'bench.noop', 'default', 0, 'new', '[]', '{}', 0, %s, %s, %s, '[]', "

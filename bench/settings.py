@@ -1,19 +1,14 @@
-"""Settings for the benchmarks: PostgreSQL from BENCH_DATABASE_URL (a scratch database)."""
+"""Settings for the tuned rows of the benchmarks and for the other bench scripts:
+the defaults (``bench/settings_defaults.py``) with persistent connections, a short
+poll interval and quick heartbeats (bench/chaos.py kills workers and wants them
+rescued within seconds)."""
 
 from __future__ import annotations
 
-import environ
+from bench.settings_defaults import *  # noqa: F403
+from bench.settings_defaults import DATABASES, env
 
-env = environ.Env()
-DATABASE_URL = env.str(
-    "BENCH_DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/qtasks_bench"
-)
-DATABASES = {"default": env.db_url_config(DATABASE_URL)}
-DATABASES["default"]["CONN_MAX_AGE"] = None
-SECRET_KEY = "bench-only"
-USE_TZ = True
-INSTALLED_APPS = ["django.contrib.contenttypes", "django_qtasks", "bench.benchapp"]
-DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+DATABASES = {"default": {**DATABASES["default"], "CONN_MAX_AGE": None}}
 QTASKS = {
     "POLL_INTERVAL": 0.05,
     "HEARTBEAT_INTERVAL": env.float("BENCH_HEARTBEAT_INTERVAL", default=0.5),

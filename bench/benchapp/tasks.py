@@ -25,3 +25,16 @@ def noop() -> None:
 def stamp() -> float:
     """When the task started, by the clock the benchmark reads: pickup latency."""
     return time.time()
+
+
+try:  # Django's own Tasks framework (Django 6.0+): enqueue() on our backend
+    from django.tasks import task as django_task
+except ImportError:  # Django 5.2 without the backport: the column shows "—"
+    django_task = None
+
+if django_task is not None:
+
+    @django_task
+    def django_noop() -> None:
+        """The no-op task of the ``django.tasks enqueue/s`` column."""
+        return None
