@@ -46,6 +46,7 @@ def __getattr__(name: str) -> Any:
 
     if name in {"app", "async_app"}:
         if not _project_apps:
+            _require_installed()
             from .queue_tasks import AsyncQueueTasks, QueueTasks
 
             sync_app = QueueTasks()
@@ -55,6 +56,21 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _require_installed() -> None:
+    """The project's app needs our models and commands: without ``django_qtasks`` in
+    ``INSTALLED_APPS``, say so, instead of Django's "Model class ... doesn't declare an
+    explicit app_label" from deep inside the first ``@app.task``."""
+    from django.apps import apps
+    from django.core.exceptions import ImproperlyConfigured
+
+    if apps.apps_ready and not apps.is_installed(__name__):
+        raise ImproperlyConfigured(
+            f"{__name__}.app is used, but {__name__!r} is not in INSTALLED_APPS. Add it "
+            f'(INSTALLED_APPS += ["{__name__}"]) and run "python manage.py migrate": the '
+            "task table and the qtasks_worker command come with the app."
+        )
 
 
 __all__ = [

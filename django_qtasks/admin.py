@@ -15,6 +15,7 @@ import json
 import uuid as uuid_lib
 from typing import TYPE_CHECKING, Any, Literal
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
@@ -31,14 +32,22 @@ from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.http import require_POST
 
 from . import dashboard
+from .counters import METRICS
 from .exceptions import QTasksError
 from .models import ACTIVE_STATUSES, ConfigEntry, TaskRecord, TaskStatus
+from .storage import WORKERS
+from .templatetags.qtasks_admin import EMPTY
+from .templatetags.qtasks_admin import qtasks_duration as format_duration
+from .templatetags.qtasks_admin import qtasks_short_time as _short_time
+from .templatetags.qtasks_admin import qtasks_time as _full_time
 
 if TYPE_CHECKING:
     TaskRecordAdminBase = admin.ModelAdmin[TaskRecord]
     ConfigEntryAdminBase = admin.ModelAdmin[ConfigEntry]
+    ConfigEntryFormBase = forms.ModelForm[ConfigEntry]
 else:
     TaskRecordAdminBase = ConfigEntryAdminBase = admin.ModelAdmin
+    ConfigEntryFormBase = forms.ModelForm
 
 RETRYABLE = (TaskStatus.ERROR, TaskStatus.CANCEL)
 ACTION_CAP = 1000
@@ -46,7 +55,9 @@ ACTION_CAP = 1000
 otherwise hold the request for minutes. Run it again for the next batch."""
 
 Steer = Literal["retry", "cancel"]
-EMPTY = "-"  # what an empty cell shows
+INTERNAL_CONFIG = frozenset({WORKERS, METRICS})
+"""GlobalConfig names the queue itself writes (heartbeats, metrics counters): read-only
+in the admin, never added by hand; an edit would be overwritten within seconds."""
 
 
 def _app() -> Any:
@@ -63,33 +74,6 @@ def _duration(task: TaskRecord) -> dt.timedelta | None:
     return None if end is None else max(end - task.started_at, dt.timedelta(0))
 
 
-def format_duration(value: dt.timedelta | None) -> str:
-    """``0.042 s``, ``12.3 s``, ``4 min 05 s``, ``2 h 03 min``: short and sortable by eye."""
-    if value is None:
-        return EMPTY
-    seconds = value.total_seconds()
-    if seconds < 10:
-        return f"{seconds:.3f} s"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def _short_time(value: dt.datetime | None) -> SafeString | str:
-    """``14:03:27`` today, ``Nov 28 14:03`` before: a list column that fits; the full
-    time is in the tooltip."""
-    if value is None:
-        return EMPTY
-    local = timezone.localtime(value)
-    today = timezone.localdate()
-    text = local.strftime("%H:%M:%S") if local.date() == today else local.strftime("%b %d %H:%M")
-    return format_html('<time datetime="{}" title="{}">{}</time>', value.isoformat(), local, text)
-
-
 def _progress_fraction(progress: Any) -> float | None:
     if not isinstance(progress, dict):
         return None
@@ -97,6 +81,13 @@ def _progress_fraction(progress: Any) -> float | None:
     if not isinstance(done, (int, float)) or not isinstance(total, (int, float)) or total <= 0:
         return None
     return float(min(max(done / total, 0.0), 1.0))
+
+
+def _name_parts(name: str) -> list[str]:
+    """``shop.tasks.send_welcome`` as ``shop.`` ``tasks.`` ``send_welcome``: where a long
+    name may wrap in a narrow column."""
+    parts = name.split(".")
+    return [part + "." for part in parts[:-1]] + parts[-1:]
 
 
 def _url_name(model_admin: admin.ModelAdmin[Any], view: str) -> str:
@@ -150,18 +141,18 @@ class TaskChangeList(ChangeList):
 class TaskRecordAdmin(TaskRecordAdminBase):
     """Tasks: a list to watch, a detail page to read, actions to retry and cancel."""
 
+    # Fits a 1280 px window with the admin's sidebar open: the task name wraps and
+    # carries its queue and priority; the start time is on the task's page (and is
+    # the finish time minus the duration).
     list_display = (
         "status_badge",
-        "task_name",
-        "queue",
-        "priority",
+        "task",
         "attempts",
         "created",
-        "started",
         "finished",
         "duration",
     )
-    list_display_links = ("task_name",)
+    list_display_links = ("task",)
     list_filter = (
         "status",
         QueueFilter,
@@ -190,7 +181,7 @@ class TaskRecordAdmin(TaskRecordAdminBase):
                     ("status_badge", "attempts", "queue", "priority"),
                     "task_name",
                     "uuid",
-                    ("tags", "unique_key", "cancel_requested"),
+                    ("tags", "unique_key", "cancel_state"),
                     "concurrency_limit",
                 )
             },
@@ -200,8 +191,8 @@ class TaskRecordAdmin(TaskRecordAdminBase):
             gettext_lazy("Timing"),
             {
                 "fields": (
-                    ("created_at", "run_after", "updated_at"),
-                    ("started_at", "finished_at", "duration"),
+                    ("created_time", "run_after_time", "updated_time"),
+                    ("started_time", "finished_time", "duration"),
                 )
             },
         ),
@@ -214,8 +205,15 @@ class TaskRecordAdmin(TaskRecordAdminBase):
     readonly_fields = (
         *(f.name for f in TaskRecord._meta.fields),
         "status_badge",
+        "task",
         "attempts",
         "duration",
+        "cancel_state",
+        "created_time",
+        "run_after_time",
+        "updated_time",
+        "started_time",
+        "finished_time",
         "progress_bar",
         "worker",
         "flow_links",
@@ -264,20 +262,38 @@ class TaskRecordAdmin(TaskRecordAdminBase):
         suffix = "" if fraction is None else f" {fraction:.0%}"
         requested = task.cancel_requested and task.status == TaskStatus.PROCESS
         return format_html(
-            '<span class="qtasks-badge qtasks-status-{}"{}>{}{}</span>',
+            '<span class="qtasks-badge qtasks-status-{}"{}>{}{}</span>{}',
             task.status,
             format_html(' title="{}"', _("cancel requested")) if requested else "",
             label,
             suffix,
+            format_html(' <span class="qtasks-note">{}</span>', _("stopping")) if requested else "",
         )
+
+    @admin.display(description=gettext_lazy("task"), ordering=None)
+    def task(self, task: TaskRecord) -> SafeString:
+        """The name (it wraps at dots), with its queue and a priority other than 0 below."""
+        details = [task.queue] if task.queue else []
+        if task.priority:
+            details.append(_("priority %(p)+d") % {"p": task.priority})
+        return format_html(
+            '<span class="qtasks-name">{}</span><span class="qtasks-sub">{}</span>',
+            format_html_join("", "{}<wbr>", ((part,) for part in _name_parts(task.task_name))),
+            " · ".join(details),
+        )
+
+    @admin.display(description=gettext_lazy("cancel requested"))
+    def cancel_state(self, task: TaskRecord) -> str:
+        """Words, not Django's red icon: "no" is the normal state, not an error."""
+        if not task.cancel_requested:
+            return _("no")
+        if task.status == TaskStatus.PROCESS:
+            return _("yes: its worker stops it at its next check")
+        return _("yes")
 
     @admin.display(description=gettext_lazy("created"), ordering="created_at")
     def created(self, task: TaskRecord) -> SafeString | str:
         return _short_time(task.created_at)
-
-    @admin.display(description=gettext_lazy("started"))
-    def started(self, task: TaskRecord) -> SafeString | str:
-        return _short_time(task.started_at)
 
     @admin.display(description=gettext_lazy("finished"))
     def finished(self, task: TaskRecord) -> SafeString | str:
@@ -293,6 +309,26 @@ class TaskRecordAdmin(TaskRecordAdminBase):
         return format_duration(_duration(task))
 
     # -- detail fields -----------------------------------------------------------------------
+    @admin.display(description=gettext_lazy("created at"))
+    def created_time(self, task: TaskRecord) -> SafeString | str:
+        return _full_time(task.created_at)
+
+    @admin.display(description=gettext_lazy("run after"))
+    def run_after_time(self, task: TaskRecord) -> SafeString | str:
+        return _full_time(task.run_after)
+
+    @admin.display(description=gettext_lazy("updated at"))
+    def updated_time(self, task: TaskRecord) -> SafeString | str:
+        return _full_time(task.updated_at)
+
+    @admin.display(description=gettext_lazy("started at"))
+    def started_time(self, task: TaskRecord) -> SafeString | str:
+        return _full_time(task.started_at)
+
+    @admin.display(description=gettext_lazy("finished at"))
+    def finished_time(self, task: TaskRecord) -> SafeString | str:
+        return _full_time(task.finished_at)
+
     @admin.display(description=gettext_lazy("progress"))
     def progress_bar(self, task: TaskRecord) -> SafeString | str:
         progress = task.progress
@@ -481,13 +517,24 @@ class TaskRecordAdmin(TaskRecordAdminBase):
                 "%(n)d task sent back to the queue.", "%(n)d tasks sent back to the queue.", done
             ) % {"n": done}
         else:
-            text = ngettext("%(n)d task cancelled.", "%(n)d tasks cancelled.", done) % {"n": done}
+            said = []
+            if done:
+                said.append(
+                    ngettext("%(n)d task cancelled.", "%(n)d tasks cancelled.", done) % {"n": done}
+                )
             if requested:
-                text += " " + ngettext(
-                    "%(n)d running task asked to stop.",
-                    "%(n)d running tasks asked to stop.",
-                    requested,
-                ) % {"n": requested}
+                said.append(
+                    ngettext(
+                        "%(n)d running task asked to stop: its worker stops it at its next "
+                        "check (a task in a child process is ended), and it ends as cancelled.",
+                        "%(n)d running tasks asked to stop: their workers stop them at their "
+                        "next check (tasks in child processes are ended), and they end as "
+                        "cancelled.",
+                        requested,
+                    )
+                    % {"n": requested}
+                )
+            text = " ".join(said)
         if more:
             text += " " + _("Only the first %(cap)d were handled; run it again for the rest.") % {
                 "cap": ACTION_CAP
@@ -585,7 +632,13 @@ class TaskRecordAdmin(TaskRecordAdminBase):
             show_save_and_continue=False,
             show_save_and_add_another=False,
             can_retry=can_change and obj is not None and obj.status in RETRYABLE,
-            can_cancel=can_change and obj is not None and obj.status in ACTIVE_STATUSES,
+            can_cancel=can_change
+            and obj is not None
+            and obj.status in ACTIVE_STATUSES
+            and not (obj.status == TaskStatus.PROCESS and obj.cancel_requested),
+            cancel_pending=obj is not None
+            and obj.status == TaskStatus.PROCESS
+            and obj.cancel_requested,
             is_running=obj is not None and obj.status == TaskStatus.PROCESS,
             is_active=obj is not None and obj.status in ACTIVE_STATUSES,
         )
@@ -626,6 +679,26 @@ class TaskRecordAdmin(TaskRecordAdminBase):
         return redirect(reverse(f"admin:{_url_name(self, 'change')}", args=[task.pk]))
 
 
+PREVIEW = 60  # characters of a GlobalConfig value shown before it folds
+
+
+class ConfigEntryForm(ConfigEntryFormBase):
+    """The add and change form. Names the queue writes itself cannot be added by hand."""
+
+    class Meta:
+        model = ConfigEntry
+        fields = ("name", "key", "value", "expires_at")
+
+    def clean_name(self) -> str:
+        name = str(self.cleaned_data["name"])
+        if name in INTERNAL_CONFIG:
+            raise forms.ValidationError(
+                _("%(name)s entries are written by the queue itself and cannot be added here.")
+                % {"name": name}
+            )
+        return name
+
+
 @admin.register(ConfigEntry)
 class ConfigEntryAdmin(ConfigEntryAdminBase):
     """GlobalConfig: readable Workers and Queues sections above the raw entries.
@@ -635,9 +708,56 @@ class ConfigEntryAdmin(ConfigEntryAdminBase):
     queue within ``QTASKS['HEARTBEAT_INTERVAL']`` (5 s by default).
     """
 
-    list_display = ("name", "key", "value", "expires_at", "updated_at")
+    list_display = ("name", "key", "value_folded", "expires", "updated")
     list_filter = ("name",)
     change_list_template = "django_qtasks/admin/config_change_list.html"
+    form = ConfigEntryForm
+
+    # -- what the queue writes is read-only here -------------------------------------------
+    def has_change_permission(self, request: HttpRequest, obj: ConfigEntry | None = None) -> bool:
+        """No editing of heartbeats and counters: the queue rewrites them within seconds,
+        and a hand-made value would only confuse the dashboard and the metrics."""
+        if obj is not None and obj.name in INTERNAL_CONFIG:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ConfigEntry | None = None) -> Any:
+        if obj is not None and obj.name in INTERNAL_CONFIG:
+            return ("name", "key", "value_pretty", "expires_at", "updated_at")
+        return super().get_readonly_fields(request, obj)
+
+    def get_fields(self, request: HttpRequest, obj: ConfigEntry | None = None) -> Any:
+        if obj is not None and obj.name in INTERNAL_CONFIG:
+            return ("name", "key", "value_pretty", "expires_at", "updated_at")
+        return super().get_fields(request, obj)
+
+    @admin.display(description=gettext_lazy("value"))
+    def value_folded(self, entry: ConfigEntry) -> SafeString:
+        """The JSON folded under a one-line preview: a worker's metrics are a page long."""
+        text = json.dumps(entry.value, ensure_ascii=False, sort_keys=True, default=str)
+        if len(text) <= PREVIEW:
+            return format_html("<code>{}</code>", text)
+        return format_html(
+            '<details class="qtasks-json"><summary><code>{}…</code></summary>{}</details>',
+            text[:PREVIEW],
+            _pretty_json(entry.value),
+        )
+
+    @admin.display(description=gettext_lazy("value"))
+    def value_pretty(self, entry: ConfigEntry) -> SafeString:
+        return format_html(
+            '<details class="qtasks-json"><summary>{}</summary>{}</details>',
+            _("show the JSON"),
+            _pretty_json(entry.value),
+        )
+
+    @admin.display(description=gettext_lazy("expires at"), ordering="expires_at")
+    def expires(self, entry: ConfigEntry) -> SafeString | str:
+        return _full_time(entry.expires_at)
+
+    @admin.display(description=gettext_lazy("updated at"), ordering="updated_at")
+    def updated(self, entry: ConfigEntry) -> SafeString | str:
+        return _full_time(entry.updated_at)
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None

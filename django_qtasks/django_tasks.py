@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import sys
 from collections.abc import Callable
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -320,3 +321,19 @@ def after_attempt(task: Task, outcome: Outcome, now: dt.datetime) -> Task:
     else:
         changes["finished_at"] = now
     return dataclasses.replace(task, **changes)
+
+
+def loaded_task_names() -> list[str]:
+    """The row names (``django.tasks:<module path>``) of the Django tasks defined in the
+    installed apps' modules imported so far: at a worker's start, every ``tasks.py``
+    (autodiscovered) and what they import. The worker's start-up line lists them; it
+    also runs a Django task of an installed app's module not imported yet."""
+    found = []
+    for module in list(sys.modules.values()):
+        module_name = getattr(module, "__name__", None)
+        if not isinstance(module_name, str) or not in_installed_app(module_name):
+            continue
+        for attribute, value in list(vars(module).items()):
+            if isinstance(value, DjangoTask) and value.module_path == f"{module_name}.{attribute}":
+                found.append(task_name(value))
+    return sorted(found)

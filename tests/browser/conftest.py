@@ -71,30 +71,37 @@ def chromium() -> Iterator[Any]:
             os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = before
 
 
-@pytest.fixture
-def page(chromium: Any, live_server: Any, admin_user: Any) -> Iterator[Any]:
-    """A fresh browser context, logged in to the admin through its login form."""
-    context = chromium.new_context(
-        viewport={"width": 1280, "height": 800}, base_url=live_server.url
-    )
+def logged_in(chromium: Any, base_url: str, width: int, *, sidebar: bool) -> Any:
+    """A fresh browser context ``width`` px wide, logged in to the admin through its
+    login form, with the admin's app sidebar open or folded (as the admin remembers it)."""
+    context = chromium.new_context(viewport={"width": width, "height": 800}, base_url=base_url)
     context.set_default_timeout(10_000)
-    # The admin's app sidebar folded, as the admin remembers it: more room for the list.
-    context.add_init_script("localStorage.setItem('django.admin.navSidebarIsOpen', 'false')")
+    context.add_init_script(
+        f"localStorage.setItem('django.admin.navSidebarIsOpen', '{str(sidebar).lower()}')"
+    )
     page = context.new_page()
     page.goto("/admin/login/?next=/admin/")
     page.fill("#id_username", "admin")
     page.fill("#id_password", "password")
     page.click("input[type=submit]")
     page.wait_for_url("**/admin/")
+    return page
+
+
+@pytest.fixture
+def page(chromium: Any, live_server: Any, admin_user: Any) -> Iterator[Any]:
+    """A 1280 px window, logged in, the sidebar folded: more room for the list."""
+    page = logged_in(chromium, live_server.url, 1280, sidebar=False)
     try:
         yield page
     finally:
-        context.close()
+        page.context.close()
 
 
 def screenshot(page: Any, name: str, height: int = 800) -> None:
-    """Save a picture (for docs/images/NAME.png, see SCREENSHOTS): the top ``height``
-    pixels of the page, 1280 wide."""
+    """Save a picture (for docs/images/NAME-WIDTH.png, see SCREENSHOTS): the top
+    ``height`` pixels of the page, as wide as the window."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    clip = {"x": 0, "y": 0, "width": 1280, "height": height}
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True, clip=clip)
+    width = page.viewport_size["width"]
+    clip = {"x": 0, "y": 0, "width": width, "height": height}
+    page.screenshot(path=str(SCREENSHOTS / f"{name}-{width}.png"), full_page=True, clip=clip)

@@ -4,14 +4,15 @@ pause a queue (and see a worker obey), and watch the dashboard refresh itself.""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 import pytest
 from django.utils import timezone
 
 from django_qtasks import app
-from django_qtasks.models import TaskRecord
-from tests.browser.conftest import screenshot
+from django_qtasks.models import ScheduleRun, TaskRecord
+from tests.browser.conftest import logged_in, screenshot
 from tests.testapp import tasks
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -61,7 +62,6 @@ def test_list_filter_open_and_retry_a_failed_task(page):
 
     page.goto(LIST)
     assert page.locator(".qtasks-badge.qtasks-status-error").count() >= 1
-    screenshot(page, "admin-list")
 
     page.click("#changelist-filter >> text=error")
     page.wait_for_url("**status__exact=error**")
@@ -73,7 +73,6 @@ def test_list_filter_open_and_retry_a_failed_task(page):
     page.wait_for_selector(".qtasks-traceback")
     assert "invoice-42" in page.inner_text(".field-args_pretty")
     assert page.locator(".qtasks-errors tbody tr").count() == 2  # both attempts
-    screenshot(page, "admin-detail", height=1300)
 
     page.click("button[name=retry]")
     page.wait_for_selector(".messagelist")
@@ -139,10 +138,111 @@ def test_the_dashboard_is_linked_and_refreshes_without_a_reload(page):
     page.wait_for_selector(".qtasks-chart rect.qtasks-bar")
     assert "web-1.example" in page.inner_text("#qtasks-workers")
     assert page.inner_text("[data-status=new]") == "3"
-    screenshot(page, "admin-dashboard")
 
     page.goto(f"{LIST}dashboard/?refresh=1")
     page.evaluate("window.qtasksMarker = 1")  # gone if the page reloads
     tasks.record.add_task("d", queue="images")
     page.wait_for_function("document.querySelector('[data-status=new]').textContent === '4'")
     assert page.evaluate("window.qtasksMarker") == 1
+
+
+def overflow(page: Any, selector: str) -> int:
+    """How many pixels ``selector`` is wider than the room it has (0: no horizontal
+    scroll), and the page itself no wider than the window."""
+    return int(
+        page.evaluate(
+            """(selector) => {
+                const el = document.querySelector(selector);
+                const page = document.documentElement;
+                return Math.max(
+                    el.scrollWidth - el.clientWidth, page.scrollWidth - page.clientWidth
+                );
+            }""",
+            selector,
+        )
+    )
+
+
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_the_admin_fits_the_window_with_the_sidebar_open(
+    chromium, live_server, admin_user, settings, width
+):
+    """The list's columns that matter, without horizontal scrolling, at 1280 and 1920 px
+    with the app sidebar open; every time to the second; a running task asked to
+    cancel says so instead of offering the button again. Takes the docs' pictures."""
+    history()
+    failed = tasks.always_fail.add_task("invoice-42")
+    run_worker()
+    tasks.record.add_task("later", queue="mail")
+    running = tasks.record.add_task("a-long-report-name", queue="reports")
+    TaskRecord.objects.filter(pk=running.uuid).update(
+        status="process", attempt=1, started_at=timezone.now(), worker_id="web-1:4242"
+    )
+    # A schedule every 10 seconds whose last run succeeded: its times need their seconds.
+    settings.QTASKS = {
+        **getattr(settings, "QTASKS", {}),
+        "SCHEDULE": {
+            "every-10-s": {"task": "tests.record", "cron": "* * * * * */10", "args": ["tick"]}
+        },
+    }
+    tick = timezone.now().replace(microsecond=0) - dt.timedelta(seconds=5)
+    ScheduleRun.objects.create(
+        schedule="every-10-s", tick=tick, task_uuid=failed.uuid, task_name="tests.record",
+        enqueued_at=tick,
+    )
+    now = timezone.now()
+    app.broker.heartbeat(
+        "web-1:4242",
+        {"host": "web-1", "pid": 4242, "queues": None, "concurrency": 4, "running": 1,
+         "last_beat": (now - dt.timedelta(seconds=2)).isoformat()},
+        ttl=60,
+    )
+    page = logged_in(chromium, live_server.url, width, sidebar=True)
+    try:
+        page.goto(LIST)
+        assert page.locator("#nav-sidebar").is_visible()
+        screenshot(page, "admin-list")  # first: the picture shows what a failure is about
+        assert overflow(page, "#changelist .results") == 0
+        for column in ("task", "attempts", "created", "finished", "duration"):
+            cell = page.locator(f"#result_list tbody .field-{column}").first
+            box = cell.bounding_box()
+            assert box is not None
+            assert box["x"] + box["width"] <= width, f"{column} is cut off"
+        assert re.fullmatch(
+            r"(\w{3} \d{2}\s+)?\d{2}:\d{2}:\d{2}",
+            page.locator("#result_list td.field-created").first.inner_text().strip(),
+        )
+
+        page.goto(f"{LIST}{failed.uuid}/change/")
+        page.wait_for_selector(".qtasks-traceback")
+        assert re.search(r"\d{2}:\d{2}:\d{2}", page.inner_text(".field-finished_time"))
+        assert "no" in page.inner_text(".field-cancel_state")
+        retry = page.locator("button[name=retry]").bounding_box()
+        history_link = page.locator(".object-tools a.historylink").bounding_box()
+        assert retry is not None
+        assert history_link is not None
+        assert abs(retry["y"] - history_link["y"]) <= 1, "Retry and History line up"
+        assert abs(retry["height"] - history_link["height"]) <= 1
+        screenshot(page, "admin-detail", height=1300)
+
+        page.goto(f"{LIST}{running.uuid}/change/")
+        page.click("button[name=cancel]")
+        page.wait_for_selector(".messagelist")
+        message = page.inner_text(".messagelist")
+        assert "1 running task asked to stop" in message
+        assert "0 tasks" not in message
+        assert page.locator("button[name=cancel]").count() == 0
+        assert page.inner_text("#qtasks-cancel-pending").upper() == "CANCEL REQUESTED"
+
+        # The schedule's last run (the failed task, run again) succeeded.
+        TaskRecord.objects.filter(pk=failed.uuid).update(status="success")
+        page.goto(f"{LIST}dashboard/")
+        page.wait_for_selector(".qtasks-chart rect.qtasks-bar")
+        screenshot(page, "admin-dashboard", height=1000)
+        assert overflow(page, "#content") == 0
+        schedule = page.locator("tr[data-schedule=every-10-s]")
+        assert len(re.findall(r"\d{2}:\d{2}:\d{2}", schedule.inner_text())) == 2
+        badge = schedule.locator("a.qtasks-badge")
+        assert badge.evaluate("el => getComputedStyle(el).color") == "rgb(255, 255, 255)"
+    finally:
+        page.context.close()

@@ -195,3 +195,14 @@ def test_the_quickstart_runs_as_written(tmp_path: Path) -> None:
         project.stop_worker()
     assert any("startproject" in line for line in ran)
     assert "shop/tasks.py" in ran
+
+    # The newcomer's classic slip, on the same project: the app left out of
+    # INSTALLED_APPS. The error says what to add, not "doesn't declare an app_label".
+    with (tmp_path / "mysite" / "settings.py").open("a") as out:
+        out.write('\nINSTALLED_APPS.remove("django_qtasks")\n')
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=tmp_path, env=project.env,
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode != 0
+    assert "'django_qtasks' is not in INSTALLED_APPS" in done.stderr, done.stderr

@@ -491,3 +491,58 @@ def test_postgres_estimates_the_unfiltered_list(admin_client, make_task, monkeyp
     monkeypatch.setattr(dashboard, "SCAN_CAP", 3)
     counts = dashboard.status_counts()
     assert (counts["success"].kind, counts["success"].value) == ("about", 6)
+
+
+# -- newcomer-facing details: times to the second, cancel feedback, GlobalConfig ------------
+def test_every_task_time_has_its_seconds(admin_client, make_task):
+    earlier = timezone.now() - dt.timedelta(days=3)
+    task = make_task(
+        status="success", created_at=earlier, started_at=earlier, finished_at=earlier
+    )
+    clock = timezone.localtime(earlier).strftime("%H:%M:%S")
+    assert clock in admin_client.get(CHANGELIST).content.decode()  # an older day, too
+    page = admin_client.get(change_url(task)).content.decode()
+    assert page.count(timezone.localtime(earlier).strftime("%Y-%m-%d %H:%M:%S")) >= 3
+
+
+def test_asking_a_running_task_to_cancel_says_what_happens(admin_client, make_task):
+    running = make_task(status="process", worker_id="w-9", attempt=1, started_at=timezone.now())
+    response = admin_client.post(steer_url(running, "cancel"), follow=True)
+    [message] = [str(m) for m in response.context["messages"]]
+    assert message.startswith("1 running task asked to stop: its worker stops it")
+    assert "0 tasks" not in message
+    page = response.content.decode()
+    assert steer_url(running, "cancel") not in page, "no second button for the same request"
+    assert 'id="qtasks-cancel-pending"' in page
+    assert "yes: its worker stops it at its next check" in page
+    waiting_page = admin_client.get(change_url(make_task())).content.decode()
+    assert "icon-no" not in waiting_page  # "Cancel requested: no" is words, not a red icon
+
+
+def test_entries_the_queue_writes_are_read_only_and_folded(admin_client):
+    app.broker.heartbeat("w-1", {"host": "box", "pid": 42, "queues": None}, ttl=30)
+    metrics = ConfigEntry.objects.create(
+        name="metrics", key="w-1", value={f"tests.task_{i}": {"success": i} for i in range(20)}
+    )
+    flag = ConfigEntry.objects.create(name="queues", key="mail", value={"paused": True})
+    heartbeat = ConfigEntry.objects.get(name="workers", key="w-1")
+
+    listing = admin_client.get(CONFIG).content.decode()
+    assert '<details class="qtasks-json">' in listing  # the long metrics value is folded
+
+    for entry in (metrics, heartbeat):
+        url = reverse("admin:django_qtasks_configentry_change", args=[entry.pk])
+        page = admin_client.get(url).content.decode()
+        assert 'name="_save"' not in page
+        assert 'name="value"' not in page
+        edit = {"name": entry.name, "key": "x", "value": "1"}
+        assert admin_client.post(url, edit).status_code == 403
+    flag_url = reverse("admin:django_qtasks_configentry_change", args=[flag.pk])
+    assert 'name="_save"' in admin_client.get(flag_url).content.decode()  # still editable
+
+    add = reverse("admin:django_qtasks_configentry_add")
+    for name in ("workers", "metrics"):
+        response = admin_client.post(add, {"name": name, "key": "fake", "value": "{}"})
+        assert response.status_code == 200
+        assert "written by the queue itself" in response.content.decode()
+        assert not ConfigEntry.objects.filter(name=name, key="fake").exists()

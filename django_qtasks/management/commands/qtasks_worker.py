@@ -110,11 +110,23 @@ class Command(BaseCommand):
             ",".join(worker.queues) if worker.queues else "*",
             worker.concurrency,
             options["processes"] or "-",
-            ", ".join(app.registry.names()) or "(none)",
+            ", ".join(task_names(app)) or "(none)",
         )
         code = starter.run()
         if code:
             sys.exit(code)
+
+
+def task_names(app: Any) -> list[str]:
+    """Every task this worker can run by name: the ``@app.task`` ones, then the Django
+    ``@task`` ones of the installed apps (when django.tasks, or its backport, is here)."""
+    try:
+        from django_qtasks.django_tasks import loaded_task_names
+    except ImportError:  # Django 5.2 without the django-tasks backport
+        django_names: list[str] = []
+    else:
+        django_names = loaded_task_names()
+    return list(dict.fromkeys([*app.registry.names(), *django_names]))
 
 
 def configure_logging(verbosity: int) -> None:
