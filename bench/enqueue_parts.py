@@ -8,7 +8,7 @@ hits them alike. Printed: the median microseconds per call and the rate, each ag
 the first,
 
     database alone   bench/pg_driver.py's row: psycopg, prepared, 4 parameters
-    our statement    our prepared INSERT of the same row (18 parameters), from psycopg
+    our statement    our prepared INSERT of the same row (9 parameters), from psycopg
     Django's cursor  the same, through the cursor add_task() uses
     add_task()       the whole call: validation, encoding, snapshot, signal
     enqueue()        django.tasks' Task.enqueue() on our backend (its validation,
@@ -50,7 +50,7 @@ def main() -> None:
     from django.utils import timezone
 
     from django_qtasks import app
-    from django_qtasks.storage import _new_rows, _pg_insert_one_sql
+    from django_qtasks.storage import _new_rows, pg_insert_one
 
     if args.async_commit:
         alone.conn.execute("SET synchronous_commit = off")
@@ -64,7 +64,7 @@ def main() -> None:
 
     ways: dict[str, Callable[[], object]] = {
         "database alone": alone.enqueue_one,
-        "our statement": lambda: alone.conn.execute(_pg_insert_one_sql(), row(), prepare=True),
+        "our statement": lambda: alone.conn.execute(*pg_insert_one(row()), prepare=True),
         "Django's cursor": lambda: storage._insert_one(connection, row()),
         "add_task()": lambda: app.add_task("bench.noop"),
     }

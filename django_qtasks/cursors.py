@@ -93,3 +93,21 @@ def _cursor_classes() -> tuple[Any, Any]:
             return super().execute(query, params, prepare=True, **kwargs)  # type: ignore[misc]
 
     return ServerBindingCursor, PreparingCursor
+
+
+def kept_cursor(connection: Any, *, prepare: bool) -> Any:
+    """A cursor kept on ``connection`` (this thread's) for a statement that runs on
+    every call of a hot path, made once per database session: a new psycopg cursor
+    looks up the dumper of every parameter again (about 30 µs for the 18 of an
+    ``add_task()`` INSERT, a tenth of the whole call), a kept one remembers them.
+    The health check and reconnect run on each call as for a new cursor; a new
+    session (or query logging switched on or off) gets a new cursor. Do not close it."""
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    key = (connection.connection, prepare, connection.queries_logged)
+    kept = getattr(connection, "_qtasks_kept_cursor", None)
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    cursor = prepared_cursor(connection) if prepare else connection.cursor()
+    connection._qtasks_kept_cursor = (key, cursor)
+    return cursor
