@@ -7,6 +7,7 @@ a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
@@ -93,6 +94,16 @@ def _check(key: str, value: Any, ok: bool, expected: str) -> None:
         )
 
 
+# Longer than any sensible timeout or interval (a year); also what timedelta and a
+# thread's wait() can hold. NaN and infinity fail every comparison or overflow later.
+MAX_SECONDS = 366 * 24 * 3600.0
+
+
+def _finite(value: float) -> bool:
+    """A real, bounded number of seconds: not NaN, not infinite, not past MAX_SECONDS."""
+    return math.isfinite(value) and abs(value) <= MAX_SECONDS
+
+
 def _is_str_list(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
 
@@ -173,9 +184,14 @@ def _validate(key: str, value: Any) -> Any:
         "rescue_interval",
     }:
         positive = name not in {"default_retry_backoff", "retry_backoff_max", "grace"}
-        ok = isinstance(value, _NUMBER) and not isinstance(value, bool)
+        ok = isinstance(value, _NUMBER) and not isinstance(value, bool) and _finite(value)
         ok = ok and (value > 0 if positive else value >= 0)
-        _check(key, value, ok, "a number > 0" if positive else "a number >= 0")
+        _check(
+            key,
+            value,
+            ok,
+            f"a finite number {'> 0' if positive else '>= 0'} (at most {MAX_SECONDS:g} s)",
+        )
         return float(value)
     if name == "schedule":
         return _validate_schedule(key, value)
@@ -183,7 +199,8 @@ def _validate(key: str, value: Any) -> Any:
         if value is None:
             return None
         ok = isinstance(value, _NUMBER) and not isinstance(value, bool) and value > 0
-        _check(key, value, ok, "None or a number of seconds > 0")
+        ok = ok and _finite(value)
+        _check(key, value, ok, "None or a finite number of seconds > 0")
         return float(value)
     if name == "prune_batch_size":
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1

@@ -1,0 +1,40 @@
+"""Bad values that used to crash a worker or slip through validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from django_qtasks.exceptions import ConfigurationError, describe_exception
+from django_qtasks.settings import build_settings
+
+
+class _StrRaises(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+class _StrRaisesItself(Exception):
+    """The worst case: describing it again (the old fallback) raised again."""
+
+    def __str__(self) -> str:
+        raise _StrRaisesItself()
+
+
+@pytest.mark.parametrize("cls", [_StrRaises, _StrRaisesItself])
+def test_describe_exception_survives_a_raising_str(cls: type[Exception]) -> None:
+    described = describe_exception(cls())
+    assert described["type"].endswith(cls.__qualname__)
+    assert "str() failed" in described["message"]
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["HEARTBEAT_TIMEOUT", "POLL_INTERVAL", "GRACE", "DEFAULT_RETRY_BACKOFF", "RETRY_BACKOFF_MAX",
+     "DEFAULT_MAX_TIME", "RESULT_POLL_INTERVAL", "RESCUE_INTERVAL", "PRUNE_AFTER"],
+)  # fmt: skip
+@pytest.mark.parametrize("value", [math.nan, math.inf, 1e300])
+def test_non_finite_seconds_are_refused_naming_the_key(key: str, value: float) -> None:
+    with pytest.raises(ConfigurationError, match=key):
+        build_settings({key: value})
