@@ -448,15 +448,11 @@ class DjangoStorage(BaseStorage):
             with transaction.atomic(using=self.alias):
                 return self._insert([spec])[0], True
         except IntegrityError:
-            existing = (
-                self._records()
-                .filter(
-                    task_name=spec.task_name,
-                    unique_key=spec.unique_key,
-                    status__in=ACTIVE_STATUSES,
-                )
-                .first()
+            # Compared again here: MariaDB's default collations match "A" with "a".
+            holders = self._records().filter(
+                task_name=spec.task_name, unique_key=spec.unique_key, status__in=ACTIVE_STATUSES
             )
+            existing = next((r for r in holders if r.unique_key == spec.unique_key), None)
             if existing is None:
                 raise
             return Task.from_record(existing), False
