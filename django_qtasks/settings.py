@@ -21,7 +21,8 @@ from django.utils.module_loading import import_string
 from .cron import CronError, validate_cron, validate_tz
 from .exceptions import ConfigurationError
 
-QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# \Z, not $: "$" also matches before a final newline, which would let "a\n" through.
+QUEUE_NAME_RE = re.compile(r"\A[A-Za-z0-9_.:-]{1,64}\Z")
 PRIORITY_MIN, PRIORITY_MAX = -100, 100
 # "worker": qtasks_worker runs tasks. "immediate": add_task() runs them at once, in the
 # caller's thread (on commit inside transaction.atomic()), for tests; see docs/testing.md.

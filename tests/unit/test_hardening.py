@@ -38,3 +38,14 @@ def test_describe_exception_survives_a_raising_str(cls: type[Exception]) -> None
 def test_non_finite_seconds_are_refused_naming_the_key(key: str, value: float) -> None:
     with pytest.raises(ConfigurationError, match=key):
         build_settings({key: value})
+
+
+@pytest.mark.parametrize("queue", ["default\n", "a\nb", ""])
+def test_a_queue_name_with_a_newline_is_refused(queue: str) -> None:
+    from django_qtasks.exceptions import InvalidTaskCall
+    from django_qtasks.task import validate_queue
+
+    with pytest.raises(InvalidTaskCall, match="queue"):
+        validate_queue(queue, None)
+    with pytest.raises(ConfigurationError, match="DEFAULT_QUEUE"):
+        build_settings({"DEFAULT_QUEUE": queue})
