@@ -100,6 +100,11 @@ def _check(key: str, value: Any, ok: bool, expected: str) -> None:
 MAX_SECONDS = 366 * 24 * 3600.0
 
 
+# Retries and concurrency are stored in (or compared with) 32-bit integer columns; no
+# real setting comes near this.
+MAX_COUNT = 1_000_000
+
+
 def _finite(value: float) -> bool:
     """A real, bounded number of seconds: not NaN, not infinite, not past MAX_SECONDS."""
     return math.isfinite(value) and abs(value) <= MAX_SECONDS
@@ -148,8 +153,8 @@ def _validate(key: str, value: Any) -> Any:
         _check(
             key,
             value,
-            isinstance(value, int) and not isinstance(value, bool) and value >= low,
-            f"an integer >= {low}",
+            isinstance(value, int) and not isinstance(value, bool) and low <= value <= MAX_COUNT,
+            f"an integer from {low} to {MAX_COUNT:,}",
         )
         return value
     if name == "mode":
@@ -210,6 +215,10 @@ def _validate(key: str, value: Any) -> Any:
     if name in {"heartbeat_file", "metrics_token"}:
         ok = value is None or (isinstance(value, str) and bool(value))
         _check(key, value, ok, "None or a non-empty string")
+        if name == "metrics_token" and value is not None and not value.isascii():
+            # HTTP headers are ASCII: a token of other characters can never match, and
+            # comparing it failed every metrics request with a server error.
+            raise ConfigurationError(f"QTASKS[{key!r}] must be ASCII characters only.")
         return value
     if name == "extra":
         _check(key, value, isinstance(value, dict), "a dict")

@@ -49,3 +49,14 @@ def test_a_queue_name_with_a_newline_is_refused(queue: str) -> None:
         validate_queue(queue, None)
     with pytest.raises(ConfigurationError, match="DEFAULT_QUEUE"):
         build_settings({"DEFAULT_QUEUE": queue})
+
+
+@pytest.mark.parametrize("key", ["DEFAULT_RETRY", "CONCURRENCY"])
+def test_counts_past_the_column_range_are_refused(key: str) -> None:
+    with pytest.raises(ConfigurationError, match=key):
+        build_settings({key: 2**40})
+
+
+def test_a_metrics_token_that_is_not_ascii_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="METRICS_TOKEN"):
+        build_settings({"METRICS_TOKEN": "s\u00e9cret"})
