@@ -60,3 +60,24 @@ def test_counts_past_the_column_range_are_refused(key: str) -> None:
 def test_a_metrics_token_that_is_not_ascii_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="METRICS_TOKEN"):
         build_settings({"METRICS_TOKEN": "s\u00e9cret"})
+
+
+@pytest.mark.parametrize(
+    ("command", "argv", "option"),
+    [
+        ("qtasks_worker", ["--queues", ""], "--queues"),
+        ("qtasks_worker", ["--queues", " , "], "--queues"),
+        ("qtasks_worker", ["--poll-interval", "nan"], "--poll-interval"),
+        ("qtasks_worker", ["--grace", "nan"], "--grace"),
+        ("qtasks_worker", ["--grace", "inf"], "--grace"),
+        ("qtasks_status", ["--window", "nan"], "--window"),
+        ("qtasks_status", ["--max-age", "nan"], "--max-age"),
+    ],
+)
+def test_management_command_options_refuse_nan_and_empty(
+    command: str, argv: list[str], option: str
+) -> None:
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match=option):
+        call_command(command, *argv)
