@@ -81,3 +81,11 @@ def test_management_command_options_refuse_nan_and_empty(
 
     with pytest.raises(CommandError, match=option):
         call_command(command, *argv)
+
+
+@pytest.mark.parametrize("age", ["1000000d", "1e20d", "99999999999w"])
+def test_prune_refuses_an_age_before_year_one(age: str) -> None:
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="--older-than"):
+        call_command("qtasks_prune", "--older-than", age)
