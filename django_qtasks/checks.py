@@ -7,6 +7,7 @@ from typing import Any
 
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.db import connections
+from django.utils.module_loading import import_string
 
 from .exceptions import ConfigurationError
 from .settings import get_settings
@@ -59,6 +60,31 @@ def check_qtasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                 )
             ]
     return []
+
+
+@register()
+def check_qtasks_middlewares(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Every ``MIDDLEWARES_BEFORE``/``MIDDLEWARES_AFTER`` path imports. A worker resolves
+    them when it starts; a path that does not import passed ``check`` and then stopped
+    the worker, so ``check`` (run by every command and by deployment scripts) says so
+    first, naming the key and the path."""
+    try:
+        settings = get_settings()
+    except ConfigurationError:
+        return []  # check_qtasks says why
+    errors: list[CheckMessage] = []
+    for key in ("middlewares_before", "middlewares_after"):
+        for path in getattr(settings, key):
+            try:
+                import_string(path)
+            except ImportError as exc:
+                errors.append(
+                    Error(
+                        f"QTASKS[{key.upper()!r}] {path!r} cannot be imported: {exc}",
+                        id="django_qtasks.E006",
+                    )
+                )
+    return errors
 
 
 @register(Tags.database)

@@ -89,3 +89,16 @@ def test_prune_refuses_an_age_before_year_one(age: str) -> None:
 
     with pytest.raises(CommandError, match="--older-than"):
         call_command("qtasks_prune", "--older-than", age)
+
+
+@pytest.mark.parametrize("key", ["MIDDLEWARES_BEFORE", "MIDDLEWARES_AFTER"])
+def test_check_names_a_middleware_path_that_does_not_import(key: str) -> None:
+    from django.test import override_settings
+
+    from django_qtasks.checks import check_qtasks_middlewares
+
+    with override_settings(QTASKS={key: ["no_such_module.Middleware"]}):
+        errors = check_qtasks_middlewares()
+    assert [e.id for e in errors] == ["django_qtasks.E006"]
+    assert key in errors[0].msg
+    assert "no_such_module.Middleware" in errors[0].msg
