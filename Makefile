@@ -16,9 +16,11 @@ run: venv
 	@scripts/run-example.sh
 
 ## make test: lint, types, migrations, docs, then the suite on SQLite (and PostgreSQL when
-## DATABASE_URL is set, with the newest Django and with Django 5.2 LTS).
+## DATABASE_URL is set, with the newest Django and with Django 5.2 LTS; and MariaDB/MySQL
+## when MARIADB_URL is set). One suite after another: each already uses both cores.
 test: venv check test-sqlite
 	@if [ -n "$$DATABASE_URL" ]; then $(MAKE) --no-print-directory test-postgres test-lts; fi
+	@if [ -n "$$MARIADB_URL" ]; then $(MAKE) --no-print-directory test-mariadb; fi
 
 check: venv
 	$(VENV)/bin/ruff check .
@@ -50,10 +52,9 @@ test-lts:
 
 ## make test-mariadb: the suite on MariaDB 10.6+ / MySQL 8.0+ at MARIADB_URL (default: the
 ## local server, root without a password), started first if it is installed but stopped.
-MARIADB_URL ?= mysql://root@127.0.0.1:3306/test
 test-mariadb: venv
-	@MARIADB_URL=$(MARIADB_URL) scripts/ensure-mariadb.sh
-	DATABASE_URL=$(MARIADB_URL) $(VENV)/bin/$(PYTEST) -m "not browser" $(PYTEST_ARGS)
+	@MARIADB_URL=$${MARIADB_URL:-mysql://root@127.0.0.1:3306/test} scripts/ensure-mariadb.sh
+	DATABASE_URL=$${MARIADB_URL:-mysql://root@127.0.0.1:3306/test} $(VENV)/bin/$(PYTEST) -m "not browser" $(PYTEST_ARGS)
 
 ## make docs: serve the documentation on 127.0.0.1:$(DOCS_PORT), beside `make run` (8000).
 DOCS_PORT ?= 8001

@@ -211,9 +211,12 @@ _ZERO = dt.timedelta(0)
 
 
 def _as_datetime(value: Any) -> dt.datetime | None:
-    """A datetime read by raw SQL (SQLite gives text) as an aware UTC datetime."""
-    if value is None or isinstance(value, dt.datetime):
-        return value
+    """A datetime read by raw SQL (SQLite gives text, MariaDB a naive UTC datetime) as
+    an aware UTC datetime."""
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=dt.timezone.utc) if timezone.is_naive(value) else value
     parsed = parse_datetime(str(value))
     if parsed is not None and timezone.is_naive(parsed):
         parsed = parsed.replace(tzinfo=dt.timezone.utc)

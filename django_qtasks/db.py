@@ -10,6 +10,10 @@ import logging
 
 from django.db import DatabaseError, connections
 
+# MariaDB/MySQL: InnoDB rolled the whole transaction back; running it again is right.
+DEADLOCK = 1213
+LOCK_WAIT_TIMEOUT = 1205
+
 logger = logging.getLogger("django_qtasks.db")
 
 
@@ -38,3 +42,24 @@ def close_if_broken(alias: str) -> None:
         connection.errors_occurred = False
         if not connection.is_usable():
             reset_connection(alias)
+
+
+def mysql_error_code(exc: BaseException) -> int | None:
+    """The server's error number of a MariaDB/MySQL error (Django keeps the driver's
+    exception as the cause), or None."""
+    for candidate in (exc, exc.__cause__):
+        args = getattr(candidate, "args", ())
+        if args and isinstance(args[0], int):
+            return args[0]
+    return None
+
+
+def is_lock_conflict(exc: BaseException, alias: str) -> bool:
+    """Whether ``exc`` is a deadlock or lock wait timeout that the queue may answer by
+    running its own transaction again: only outside a caller's ``atomic()``, whose
+    whole transaction InnoDB rolled back and only the caller can redo."""
+    return (
+        connections[alias].vendor == "mysql"
+        and not connections[alias].in_atomic_block
+        and mysql_error_code(exc) in (DEADLOCK, LOCK_WAIT_TIMEOUT)
+    )

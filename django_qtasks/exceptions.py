@@ -74,7 +74,17 @@ class WouldDeadlock(QTasksError):
 def describe_exception(exc: BaseException) -> dict[str, Any]:
     """The JSON-safe summary of an exception kept in a task's error history."""
     cls = type(exc)
-    return {"type": f"{cls.__module__}.{cls.__qualname__}", "message": str(exc)}
+    return {"type": f"{cls.__module__}.{cls.__qualname__}", "message": _safe_message(exc)}
+
+
+def _safe_message(exc: BaseException) -> str:
+    """``str(exc)``, or a placeholder when that raises: a task's exception is user code,
+    and describing it must never fail (the worker thread and its task depend on it)."""
+    try:
+        message = str(exc)
+    except BaseException:  # any error of a user's __str__, even SystemExit
+        return f"<{type(exc).__qualname__}: str() failed>"
+    return message
 
 
 class WorkerLost(QTasksError):

@@ -12,10 +12,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
 from typing import Any
 
-from django.db import transaction
+from django.db import OperationalError, connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from .db import is_lock_conflict
 from .models import ConfigEntry
 from .settings import QTasksSettings
 from .signals import component_started, component_stopped
@@ -69,6 +70,9 @@ class BaseGlobalConfig(ABC):
         several processes add to, or fold into one entry, stay exact."""
 
 
+_MERGE_TRIES = 5  # a merge that InnoDB rolled back for a deadlock runs again
+
+
 class DjangoGlobalConfig(BaseGlobalConfig):
     """GlobalConfig on the ``ConfigEntry`` model, in the ``QTASKS['DATABASE']`` database."""
 
@@ -84,10 +88,13 @@ class DjangoGlobalConfig(BaseGlobalConfig):
         expires_at = None if ttl is None else timezone.now() + dt.timedelta(seconds=ttl)
         # One INSERT ... ON CONFLICT DO UPDATE: no read-then-write transaction, which
         # SQLite would refuse under concurrent writers instead of waiting.
-        ConfigEntry.objects.using(self.settings.database).bulk_create(
+        # (MariaDB/MySQL: ON DUPLICATE KEY UPDATE, which names no conflict target.)
+        alias = self.settings.database
+        target = connections[alias].features.supports_update_conflicts_with_target
+        ConfigEntry.objects.using(alias).bulk_create(
             [ConfigEntry(name=name, key=key, value=value, expires_at=expires_at)],
             update_conflicts=True,
-            unique_fields=["name", "key"],
+            unique_fields=["name", "key"] if target else None,
             update_fields=["value", "expires_at", "updated_at"],
         )
 
@@ -110,21 +117,39 @@ class DjangoGlobalConfig(BaseGlobalConfig):
         take: Collection[str] = (),
     ) -> None:
         alias = self.settings.database
+        for attempt in range(1, _MERGE_TRIES + 1):
+            try:
+                return self._merge_once(name, key, combine, take)
+            except OperationalError as exc:
+                # MariaDB: two merges that found the row present hold shared locks from
+                # their INSERT IGNOREs and both want it exclusive; InnoDB rolls one back.
+                if attempt == _MERGE_TRIES or not is_lock_conflict(exc, alias):
+                    raise
+
+    def _merge_once(
+        self, name: str, key: str, combine: Callable[[Any, list[Any]], Any], take: Collection[str]
+    ) -> None:
+        alias = self.settings.database
         entries = ConfigEntry.objects.using(alias)
         with transaction.atomic(using=alias):
             # Make sure the row exists, then lock it with the taken ones, in key order so
             # that two merges over overlapping keys cannot deadlock. The INSERT comes
-            # first, so SQLite takes its write lock before reading anything.
-            entries.bulk_create(
-                [ConfigEntry(name=name, key=key, value=None)], ignore_conflicts=True
-            )
+            # first, so SQLite takes its write lock before reading anything. MariaDB
+            # locks first and inserts only a missing row: its INSERT IGNORE of a present
+            # row leaves a shared lock, and two merges holding one deadlock on FOR UPDATE.
             keys = {key, *take}
-            rows = {
-                row.key: row
-                for row in entries.select_for_update()
-                .filter(name=name, key__in=keys)
-                .order_by("key")
-            }
+
+            def lock() -> dict[str, ConfigEntry]:
+                chosen = entries.select_for_update().filter(name=name, key__in=keys)
+                return {row.key: row for row in chosen.order_by("key")}
+
+            locked_first = connections[alias].vendor == "mysql"
+            rows = lock() if locked_first else {}
+            if key not in rows:
+                entries.bulk_create(
+                    [ConfigEntry(name=name, key=key, value=None)], ignore_conflicts=True
+                )
+                rows = lock()
             target = rows.pop(key)
             now = timezone.now()
             current = (

@@ -23,6 +23,9 @@ _AGE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+MAX_AGE = dt.timedelta(days=100 * 366)
+
+
 def parse_age(text: str) -> dt.timedelta:
     """``"7d"``, ``"12h"``, ``"30m"``, ``"45s"``, ``"2w"`` or plain seconds (``"3600"``)."""
     match = _AGE_RE.match(text)
@@ -34,6 +37,10 @@ def parse_age(text: str) -> dt.timedelta:
     seconds = float(match.group(1)) * _UNITS[match.group(2)]
     if seconds <= 0:
         raise ValueError(f"the age must be more than 0, got {text!r}")
+    if not seconds <= MAX_AGE.total_seconds():
+        # Longer ago than this would reach before year 1 (an OverflowError), and means
+        # nothing for a queue anyway.
+        raise ValueError(f"the age must be at most {MAX_AGE.days:,} days, got {text!r}")
     return dt.timedelta(seconds=seconds)
 
 

@@ -7,6 +7,7 @@ a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
@@ -20,7 +21,8 @@ from django.utils.module_loading import import_string
 from .cron import CronError, validate_cron, validate_tz
 from .exceptions import ConfigurationError
 
-QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# \Z, not $: "$" also matches before a final newline, which would let "a\n" through.
+QUEUE_NAME_RE = re.compile(r"\A[A-Za-z0-9_.:-]{1,64}\Z")
 PRIORITY_MIN, PRIORITY_MAX = -100, 100
 # "worker": qtasks_worker runs tasks. "immediate": add_task() runs them at once, in the
 # caller's thread (on commit inside transaction.atomic()), for tests; see docs/testing.md.
@@ -93,6 +95,21 @@ def _check(key: str, value: Any, ok: bool, expected: str) -> None:
         )
 
 
+# Longer than any sensible timeout or interval (a year); also what timedelta and a
+# thread's wait() can hold. NaN and infinity fail every comparison or overflow later.
+MAX_SECONDS = 366 * 24 * 3600.0
+
+
+# Retries and concurrency are stored in (or compared with) 32-bit integer columns; no
+# real setting comes near this.
+MAX_COUNT = 1_000_000
+
+
+def _finite(value: float) -> bool:
+    """A real, bounded number of seconds: not NaN, not infinite, not past MAX_SECONDS."""
+    return math.isfinite(value) and abs(value) <= MAX_SECONDS
+
+
 def _is_str_list(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
 
@@ -136,8 +153,8 @@ def _validate(key: str, value: Any) -> Any:
         _check(
             key,
             value,
-            isinstance(value, int) and not isinstance(value, bool) and value >= low,
-            f"an integer >= {low}",
+            isinstance(value, int) and not isinstance(value, bool) and low <= value <= MAX_COUNT,
+            f"an integer from {low} to {MAX_COUNT:,}",
         )
         return value
     if name == "mode":
@@ -173,9 +190,14 @@ def _validate(key: str, value: Any) -> Any:
         "rescue_interval",
     }:
         positive = name not in {"default_retry_backoff", "retry_backoff_max", "grace"}
-        ok = isinstance(value, _NUMBER) and not isinstance(value, bool)
+        ok = isinstance(value, _NUMBER) and not isinstance(value, bool) and _finite(value)
         ok = ok and (value > 0 if positive else value >= 0)
-        _check(key, value, ok, "a number > 0" if positive else "a number >= 0")
+        _check(
+            key,
+            value,
+            ok,
+            f"a finite number {'> 0' if positive else '>= 0'} (at most {MAX_SECONDS:g} s)",
+        )
         return float(value)
     if name == "schedule":
         return _validate_schedule(key, value)
@@ -183,7 +205,8 @@ def _validate(key: str, value: Any) -> Any:
         if value is None:
             return None
         ok = isinstance(value, _NUMBER) and not isinstance(value, bool) and value > 0
-        _check(key, value, ok, "None or a number of seconds > 0")
+        ok = ok and _finite(value)
+        _check(key, value, ok, "None or a finite number of seconds > 0")
         return float(value)
     if name == "prune_batch_size":
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
@@ -192,6 +215,10 @@ def _validate(key: str, value: Any) -> Any:
     if name in {"heartbeat_file", "metrics_token"}:
         ok = value is None or (isinstance(value, str) and bool(value))
         _check(key, value, ok, "None or a non-empty string")
+        if name == "metrics_token" and value is not None and not value.isascii():
+            # HTTP headers are ASCII: a token of other characters can never match, and
+            # comparing it failed every metrics request with a server error.
+            raise ConfigurationError(f"QTASKS[{key!r}] must be ASCII characters only.")
         return value
     if name == "extra":
         _check(key, value, isinstance(value, dict), "a dict")

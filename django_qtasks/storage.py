@@ -47,7 +47,14 @@ from .task import Outcome, Task, TaskSpec, check_json
 
 logger = logging.getLogger("django_qtasks.storage")
 
-SUPPORTED_VENDORS = ("postgresql", "sqlite")
+SUPPORTED_VENDORS = ("postgresql", "mysql", "sqlite")
+
+
+def supported_vendor_list() -> str:
+    """The supported databases as a sentence says them."""
+    return ", ".join(SUPPORTED_VENDORS[:-1]) + " and " + SUPPORTED_VENDORS[-1]
+
+
 WORKERS = "workers"  # the GlobalConfig name under which workers keep their heartbeats
 QUEUES = "queues"  # ... and under which paused queues are flagged
 WORKER_LOST = "django_qtasks.exceptions.WorkerLost"
@@ -450,7 +457,17 @@ class BaseStorage(ABC):
 
 
 class DjangoStorage(BaseStorage):
-    """Storage on the ``TaskRecord`` model."""
+    """Storage on the ``TaskRecord`` model.
+
+    On MariaDB or MySQL it is a :class:`~django_qtasks.storage_mysql.MySQLStorage`,
+    whose statements differ where those databases lack PostgreSQL's."""
+
+    def __new__(cls, settings: QTasksSettings, global_config: BaseGlobalConfig) -> DjangoStorage:
+        if cls is DjangoStorage and connections[settings.database].vendor == "mysql":
+            from .storage_mysql import MySQLStorage
+
+            cls = MySQLStorage
+        return super().__new__(cls)
 
     @property
     def alias(self) -> str:
@@ -464,7 +481,7 @@ class DjangoStorage(BaseStorage):
         if vendor not in SUPPORTED_VENDORS:
             raise ConfigurationError(
                 f"QTASKS['DATABASE'] {self.alias!r} is {vendor}; django-qtasks supports "
-                f"{' and '.join(SUPPORTED_VENDORS)}."
+                f"{supported_vendor_list()}."
             )
         super().start()
 
@@ -476,15 +493,11 @@ class DjangoStorage(BaseStorage):
             with transaction.atomic(using=self.alias):
                 return self._insert([spec])[0], True
         except IntegrityError:
-            existing = (
-                self._records()
-                .filter(
-                    task_name=spec.task_name,
-                    unique_key=spec.unique_key,
-                    status__in=ACTIVE_STATUSES,
-                )
-                .first()
+            # Compared again here: MariaDB's default collations match "A" with "a".
+            holders = self._records().filter(
+                task_name=spec.task_name, unique_key=spec.unique_key, status__in=ACTIVE_STATUSES
             )
+            existing = next((r for r in holders if r.unique_key == spec.unique_key), None)
             if existing is None:
                 raise
             return Task.from_record(existing), False
@@ -603,33 +616,10 @@ class DjangoStorage(BaseStorage):
         now = ops.adapt_datetimefield_value(claimed_at)
         # The statuses are literals, as in the partial index's condition: SQLite uses a
         # partial index only when the query repeats that condition word for word.
-        where = (
-            f"status IN ('{TaskStatus.NEW.value}', '{TaskStatus.RETRY.value}') AND run_after <= %s"
-        )
-        params: list[Any] = [now]
-        if uuids is not None:
-            pk = TaskRecord._meta.pk
-            where = (
-                f"status IN ('{TaskStatus.NEW.value}', '{TaskStatus.RETRY.value}') "
-                f"AND uuid IN ({', '.join(['%s'] * len(uuids))})"
-            )
-            params = [pk.get_db_prep_value(u, connection) for u in uuids]
-        if queues:
-            where += f" AND queue IN ({', '.join(['%s'] * len(queues))})"
-            params.extend(queues)
-        if exclude:
-            where += f" AND queue NOT IN ({', '.join(['%s'] * len(exclude))})"
-            params.extend(exclude)
-        # The concurrency hint: a limited row whose group is full now is not taken. Only
-        # limited rows pay for the count (through qtasks_limited_running_idx). It can be
-        # wrong (two workers count at once, one batch takes several rows of a group):
-        # _check_limits decides; the hint only keeps a full group's rows from churning.
-        where += (
-            " AND CASE WHEN max_concurrency IS NULL THEN TRUE ELSE "
-            f"(SELECT COUNT(*) FROM {table} r WHERE r.status = '{TaskStatus.PROCESS.value}' "
-            f"AND r.concurrency_key IS NOT NULL AND r.task_name = {table}.task_name "
-            f"AND r.concurrency_key = {table}.concurrency_key) < max_concurrency END"
-        )
+        where, params = self._claim_where(
+            f"status IN ('{TaskStatus.NEW.value}', '{TaskStatus.RETRY.value}')",
+            queues, exclude, uuids, now,
+        )  # fmt: skip
         lock = (
             " FOR UPDATE SKIP LOCKED"
             if connection.features.has_select_for_update_skip_locked
@@ -692,6 +682,43 @@ class DjangoStorage(BaseStorage):
         tasks.sort(key=_claim_order)
         return tasks, was
 
+    def _claim_where(
+        self,
+        waiting: str,
+        queues: Sequence[str] | None,
+        exclude: Collection[str],
+        uuids: Collection[uuid_lib.UUID] | None,
+        now: Any,
+    ) -> tuple[str, list[Any]]:
+        """The claim's WHERE clause and its parameters: ``waiting`` (the condition of the
+        database's claim index), ready or one of ``uuids``, the queues, and the
+        concurrency hint."""
+        connection = connections[self.alias]
+        table = connection.ops.quote_name(TaskRecord._meta.db_table)
+        where = f"{waiting} AND run_after <= %s"
+        params: list[Any] = [now]
+        if uuids is not None:
+            pk = TaskRecord._meta.pk
+            where = f"{waiting} AND uuid IN ({', '.join(['%s'] * len(uuids))})"
+            params = [pk.get_db_prep_value(u, connection) for u in uuids]
+        if queues:
+            where += f" AND queue IN ({', '.join(['%s'] * len(queues))})"
+            params.extend(queues)
+        if exclude:
+            where += f" AND queue NOT IN ({', '.join(['%s'] * len(exclude))})"
+            params.extend(exclude)
+        # The concurrency hint: a limited row whose group is full now is not taken. Only
+        # limited rows pay for the count (through qtasks_limited_running_idx). It can be
+        # wrong (two workers count at once, one batch takes several rows of a group):
+        # _check_limits decides; the hint only keeps a full group's rows from churning.
+        where += (
+            " AND CASE WHEN max_concurrency IS NULL THEN TRUE ELSE "
+            f"(SELECT COUNT(*) FROM {table} r WHERE r.status = '{TaskStatus.PROCESS.value}' "
+            f"AND r.concurrency_key IS NOT NULL AND r.task_name = {table}.task_name "
+            f"AND r.concurrency_key = {table}.concurrency_key) < max_concurrency END"
+        )
+        return where, params
+
     def _check_limits(
         self, worker_id: str, tasks: list[Task], previous: dict[uuid_lib.UUID, str]
     ) -> tuple[list[Task], int]:
@@ -721,32 +748,13 @@ class DjangoStorage(BaseStorage):
         connection = connections[self.alias]
         ops = connection.ops
         table = ops.quote_name(TaskRecord._meta.db_table)
-        pk = TaskRecord._meta.pk
         mine: dict[tuple[str, str], list[Task]] = {}
         for task in tasks:  # in claim order, so the last of a group has the lowest priority
             if task.uuid in previous:
                 mine.setdefault((task.task_name, task.concurrency_key or ""), []).append(task)
         excess: list[Task] = []
-        postgres = connection.vendor == "postgresql"
-        nested = connection.in_atomic_block
         with transaction.atomic(using=self.alias), connection.cursor() as cursor:
-            if postgres:
-                level = getattr(getattr(connection, "isolation_level", None), "name", "")
-                if not nested and level in ("REPEATABLE_READ", "SERIALIZABLE"):
-                    # The count must see commits made while this waited for the lock;
-                    # SET TRANSACTION lasts for this transaction only (poolers allow it).
-                    cursor.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                # In array order (a function scan): sorted, so no two checks deadlock.
-                cursor.execute(
-                    "SELECT pg_advisory_xact_lock(%s, k) FROM unnest(%s::integer[]) AS u(k)",
-                    [LOCK_CLASS, sorted({lock_key(*group) for group in mine})],
-                )
-            else:
-                first = next(iter(previous))
-                cursor.execute(
-                    f"UPDATE {table} SET updated_at = updated_at WHERE uuid = %s",
-                    [pk.get_db_prep_value(first, connection)],
-                )
+            self._lock_limit_groups(cursor, mine, previous)
             matches = " OR ".join(["(task_name = %s AND concurrency_key = %s)"] * len(mine))
             cursor.execute(
                 f"SELECT task_name, concurrency_key, COUNT(*) FROM {table} "
@@ -770,6 +778,36 @@ class DjangoStorage(BaseStorage):
         )
         dropped = {task.uuid for task in excess}
         return [task for task in tasks if task.uuid not in dropped], len(excess)
+
+    def _lock_limit_groups(
+        self,
+        cursor: Any,
+        groups: Collection[tuple[str, str]],
+        previous: dict[uuid_lib.UUID, str],
+    ) -> None:
+        """Make the concurrency checks of these groups take turns (see _check_limits):
+        on PostgreSQL the groups' transaction-level advisory locks, on SQLite the
+        database's write lock, taken by a first write."""
+        connection = connections[self.alias]
+        if connection.vendor == "postgresql":
+            level = getattr(getattr(connection, "isolation_level", None), "name", "")
+            if len(connection.atomic_blocks) == 1 and level in ("REPEATABLE_READ", "SERIALIZABLE"):
+                # The count must see commits made while this waited for the lock (not
+                # inside a caller's transaction, which has begun); SET TRANSACTION
+                # lasts for this transaction only (poolers allow it).
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            # In array order (a function scan): sorted, so no two checks deadlock.
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s, k) FROM unnest(%s::integer[]) AS u(k)",
+                [LOCK_CLASS, sorted({lock_key(*group) for group in groups})],
+            )
+        else:
+            first = next(iter(previous))
+            cursor.execute(
+                f"UPDATE {connection.ops.quote_name(TaskRecord._meta.db_table)} "
+                "SET updated_at = updated_at WHERE uuid = %s",
+                [TaskRecord._meta.pk.get_db_prep_value(first, connection)],
+            )
 
     def _undo_claims(
         self,
@@ -878,7 +916,7 @@ class DjangoStorage(BaseStorage):
             if postgres:
                 stored = self._finish_pg(cursor, rows, now)
             else:
-                stored = self._finish_sqlite(cursor, rows, now)
+                stored = self._finish_rows(cursor, rows, now)
             # Only a finished task of a chain or group costs more statements.
             flows = [
                 (task, outcome)
@@ -921,17 +959,19 @@ class DjangoStorage(BaseStorage):
         )
         return {uuid for (uuid,) in cursor.fetchall()}
 
-    def _finish_sqlite(self, cursor: Any, rows: list[tuple[Any, ...]], now: Any) -> set[Any]:
-        """One prepared UPDATE per row (SQLite prepares it once), in one transaction."""
+    def _finish_rows(self, cursor: Any, rows: list[tuple[Any, ...]], now: Any) -> set[Any]:
+        """One prepared UPDATE per row, in one transaction (SQLite prepares it once;
+        mysqlclient sends them one by one). The error entry is assigned first: MariaDB
+        evaluates a SET list left to right, each assignment seeing those before it."""
         connection = connections[self.alias]
         ops = connection.ops
         meta = TaskRecord._meta
         table = ops.quote_name(meta.db_table)
-        errors_sql = _errors_plus("sqlite", "json(%s)")
+        errors_sql = _errors_plus(connection.vendor, _json_param(connection.vendor))
         db_now = ops.adapt_datetimefield_value(now)
         params = [
             [
-                status, ret, entry, entry, tb,
+                entry, entry, status, ret, tb,
                 ops.adapt_datetimefield_value(run_after) if run_after else None,
                 ops.adapt_datetimefield_value(finished_at) if finished_at else None,
                 db_now, meta.pk.get_db_prep_value(uuid, connection), worker_id,
@@ -939,8 +979,8 @@ class DjangoStorage(BaseStorage):
             for uuid, worker_id, status, ret, entry, tb, run_after, finished_at in rows
         ]  # fmt: skip
         cursor.executemany(
-            f'UPDATE {table} SET status = %s, "returning" = %s, '
-            f"errors = CASE WHEN %s IS NULL THEN errors ELSE {errors_sql} END, "
+            f"UPDATE {table} SET errors = CASE WHEN %s IS NULL THEN errors ELSE {errors_sql} END, "
+            f"status = %s, {ops.quote_name('returning')} = %s, "
             "traceback = COALESCE(%s, traceback), run_after = COALESCE(%s, run_after), "
             "finished_at = %s, updated_at = %s "
             f"WHERE uuid = %s AND status = '{TaskStatus.PROCESS.value}' AND worker_id = %s",
@@ -972,29 +1012,36 @@ class DjangoStorage(BaseStorage):
         was running.
         """
         connection = connections[self.alias]
+        sets, params = self._error_update_sets(assignments, error_type, message)
+        table = connection.ops.quote_name(TaskRecord._meta.db_table)
+        statement = f"UPDATE {table} SET {sets} WHERE {where} RETURNING uuid, status"
+        with connection.cursor() as cursor:
+            cursor.execute(statement, [*params, *where_params])
+            return [(_as_uuid(uuid), status) for uuid, status in cursor.fetchall()]
+
+    def _error_update_sets(
+        self, assignments: list[tuple[str, Any]], error_type: str, message: str
+    ) -> tuple[str, list[Any]]:
+        """The SET list of :meth:`_update_with_error` and its parameters. The error
+        entry comes first: MariaDB evaluates a SET list left to right (each assignment
+        sees those before it), the others all from the row as it was."""
+        connection = connections[self.alias]
         vendor = connection.vendor
         now = timezone.now()
         db_now = connection.ops.adapt_datetimefield_value(now)
-        build = "jsonb_build_object" if vendor == "postgresql" else "json_object"
+        build = {"postgresql": "jsonb_build_object", "mysql": "JSON_OBJECT"}.get(
+            vendor, "json_object"
+        )
         entry = (
             f"{build}('attempt', attempt, 'at', %s, 'worker_id', worker_id, 'type', %s, "
             "'message', %s, 'traceback', '')"
         )
-        errors_sql = _errors_plus(vendor, entry)
-        sets: list[str] = []
-        params: list[Any] = []
+        sets = [f"errors = {_errors_plus(vendor, entry)}"]
+        params: list[Any] = [now.isoformat(), error_type, message]
         for sql, values in [*assignments, ("updated_at = %s", [db_now])]:
             sets.append(sql)
             params.extend(db_now if value is _NOW else value for value in values)
-        table = connection.ops.quote_name(TaskRecord._meta.db_table)
-        statement = (
-            f"UPDATE {table} SET {', '.join(sets)}, errors = {errors_sql} "
-            f"WHERE {where} RETURNING uuid, status"
-        )
-        params += [now.isoformat(), error_type, message, *where_params]
-        with connection.cursor() as cursor:
-            cursor.execute(statement, params)
-            return [(_as_uuid(uuid), status) for uuid, status in cursor.fetchall()]
+        return ", ".join(sets), params
 
     def rescue(
         self,
@@ -1160,42 +1207,42 @@ class DjangoStorage(BaseStorage):
         ops = connection.ops
         table = ops.quote_name(TaskRecord._meta.db_table)
         flow = TaskRecord._meta.get_field("flow_id").get_db_prep_value(flow_id, connection)
-        postgres = connection.vendor == "postgresql"
+        vendor = connection.vendor
+        pk = TaskRecord._meta.pk
         blocked = TaskStatus.BLOCKED.value
+        lock = "" if vendor == "sqlite" else " FOR UPDATE"
         with connection.cursor() as cursor:
             cursor.execute(
-                f"SELECT uuid FROM {table} WHERE flow_id = %s AND flow_stage = %s "
-                f"AND status = '{blocked}' ORDER BY uuid{' FOR UPDATE' if postgres else ''}",
+                f"SELECT uuid, queue FROM {table} WHERE flow_id = %s AND flow_stage = %s "
+                f"AND status = '{blocked}' ORDER BY uuid{lock}",
                 [flow, stage],
             )
-            if not cursor.fetchall():
+            waiting = cursor.fetchall()
+            if not waiting:
                 return  # the end of the flow, or released or cancelled already
             cursor.execute(
-                f'SELECT status, "returning", flow_index FROM {table} '
+                f"SELECT status, {ops.quote_name('returning')}, flow_index FROM {table} "
                 "WHERE flow_id = %s AND flow_stage = %s ORDER BY flow_index",
                 [flow, stage - 1],
             )
             before = cursor.fetchall()
             if not before or any(status != TaskStatus.SUCCESS for status, _, _ in before):
                 return  # still running (or failed: its cancel has run or will)
-            # Django hands JSON columns over as text, on both databases.
+            # Django hands JSON columns over as text, on every database.
             results = [None if value is None else json.loads(value) for _, value, _ in before]
             passed = results if before[0][2] is not None else results[0]
-            append = (
-                "args || jsonb_build_array(%s::jsonb)"
-                if postgres
-                else "json_insert(args, '$[#]', json(%s))"
-            )
+            append = _json_append(vendor, "args", _json_param(vendor))
             now = ops.adapt_datetimefield_value(timezone.now())
+            # The rows locked above (on SQLite the transaction holds the write lock).
+            uuids = [pk.get_db_prep_value(_as_uuid(uuid), connection) for uuid, _ in waiting]
             cursor.execute(
                 f"UPDATE {table} SET status = '{TaskStatus.NEW.value}', args = {append}, "
                 f"run_after = %s, updated_at = %s "
-                f"WHERE flow_id = %s AND flow_stage = %s AND status = '{blocked}' "
-                "RETURNING queue",
-                [json.dumps(passed), now, now, flow, stage],
+                f"WHERE uuid IN ({', '.join(['%s'] * len(uuids))})",
+                [json.dumps(passed), now, now, *uuids],
             )
-            queues = sorted({queue for (queue,) in cursor.fetchall()})
-            if postgres and queues:
+            queues = sorted({queue for _, queue in waiting})
+            if vendor == "postgresql" and queues:
                 # The notify trigger fires on INSERT only: wake idle workers here (sent
                 # at commit, like the trigger's).
                 cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, ",".join(queues)])
@@ -1248,7 +1295,6 @@ class DjangoStorage(BaseStorage):
         columns = ", ".join(
             ops.quote_name(c) for c in ("schedule", "tick", "task_name", "enqueued_at", "worker_id")
         )
-        conflict = ", ".join(ops.quote_name(c) for c in ("schedule", "tick"))
         params = [
             schedule,
             ops.adapt_datetimefield_value(tick),
@@ -1261,20 +1307,27 @@ class DjangoStorage(BaseStorage):
         # the winner's commit and then does nothing; on SQLite the transaction holds
         # the write lock from its start.
         with transaction.atomic(using=self.alias), connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {table} ({columns}) VALUES (%s, %s, %s, %s, %s) "
-                f"ON CONFLICT ({conflict}) DO NOTHING RETURNING id",
-                params,
-            )
-            row = cursor.fetchone()
-            if row is None:
+            run_id = self._insert_tick(cursor, table, columns, params)
+            if run_id is None:
                 return None
             task = self._insert([spec])[0]
             task_uuid = ScheduleRun._meta.get_field("task_uuid").get_db_prep_value(
                 task.uuid, connection
             )
-            cursor.execute(f"UPDATE {table} SET task_uuid = %s WHERE id = %s", [task_uuid, row[0]])
+            cursor.execute(f"UPDATE {table} SET task_uuid = %s WHERE id = %s", [task_uuid, run_id])
         return task
+
+    def _insert_tick(self, cursor: Any, table: str, columns: str, params: list[Any]) -> Any:
+        """INSERT a schedule run's row unless its tick has one; its id, or None."""
+        ops = connections[self.alias].ops
+        conflict = ", ".join(ops.quote_name(c) for c in ("schedule", "tick"))
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) VALUES (%s, %s, %s, %s, %s) "
+            f"ON CONFLICT ({conflict}) DO NOTHING RETURNING id",
+            params,
+        )
+        row = cursor.fetchone()
+        return None if row is None else row[0]
 
     def last_schedule_runs(self, names: Collection[str]) -> dict[str, LastRun]:
         if not names:
@@ -1325,18 +1378,13 @@ class DjangoStorage(BaseStorage):
             if connection.features.has_select_for_update_skip_locked
             else ""
         )
-        with transaction.atomic(using=self.alias), connection.cursor() as cursor:
-            # A materialized CTE, not ``uuid IN (SELECT ... LIMIT n)``: PostgreSQL may run
-            # such a subquery more than once in one statement, and with SKIP LOCKED each
-            # run can pick other rows, so a "batch" could grow past ``limit``.
-            cursor.execute(
-                f"WITH batch AS MATERIALIZED (SELECT uuid FROM {table} WHERE {where} "
-                f"ORDER BY finished_at LIMIT %s{lock}) "
-                f"DELETE FROM {table} WHERE uuid IN (SELECT uuid FROM batch) RETURNING uuid",
-                [*params, limit],
-            )
-            # Counted from RETURNING: SQLite's driver has no rowcount for WITH statements.
-            deleted = len(cursor.fetchall())
+        deleted = self._delete_batch(
+            f"SELECT uuid FROM {table} WHERE {where} ORDER BY finished_at LIMIT %s",
+            [*params, limit],
+            table,
+            "uuid",
+            lock,
+        )
         if deleted:
             logger.info(
                 "Pruned %d finished task(s)", deleted, extra={"action": "prune", "count": deleted}
@@ -1361,17 +1409,33 @@ class DjangoStorage(BaseStorage):
         ops = connection.ops
         table = ops.quote_name(ScheduleRun._meta.db_table)
         schedule, tick = ops.quote_name("schedule"), ops.quote_name("tick")
+        return self._delete_batch(
+            f"SELECT r.id FROM {table} r WHERE r.{tick} < %s AND EXISTS (SELECT 1 FROM "
+            f"{table} n WHERE n.{schedule} = r.{schedule} AND n.{tick} > r.{tick}) "
+            f"ORDER BY r.{tick} LIMIT %s",
+            [ops.adapt_datetimefield_value(before), limit],
+            table,
+            "id",
+            "",
+        )
+
+    def _delete_batch(self, pick: str, params: list[Any], table: str, key: str, lock: str) -> int:
+        """Delete the rows whose ``key`` the SELECT ``pick`` (LIMITed) returns, in one
+        statement; how many. ``lock`` goes after the SELECT (SKIP LOCKED: two pruners
+        take different rows, neither waits for the other).
+
+        A materialized CTE, not ``key IN (SELECT ... LIMIT n)``: PostgreSQL may run such
+        a subquery more than once in one statement, and with SKIP LOCKED each run can
+        pick other rows, so a "batch" could grow past ``limit``. Counted from RETURNING:
+        SQLite's driver has no rowcount for WITH statements."""
+        connection = connections[self.alias]
         with transaction.atomic(using=self.alias), connection.cursor() as cursor:
             cursor.execute(
-                f"WITH batch AS MATERIALIZED (SELECT r.id FROM {table} r "
-                f"WHERE r.{tick} < %s AND EXISTS (SELECT 1 FROM {table} n "
-                f"WHERE n.{schedule} = r.{schedule} AND n.{tick} > r.{tick}) "
-                f"ORDER BY r.{tick} LIMIT %s) "
-                f"DELETE FROM {table} WHERE id IN (SELECT id FROM batch) RETURNING id",
-                [ops.adapt_datetimefield_value(before), limit],
+                f"WITH batch AS MATERIALIZED ({pick}{lock}) DELETE FROM {table} "
+                f"WHERE {key} IN (SELECT {key} FROM batch) RETURNING {key}",
+                params,
             )
-            deleted = len(cursor.fetchall())
-        return deleted
+            return len(cursor.fetchall())
 
 
 # Sent before the claim statement, in the same Query message: the implicit transaction
@@ -1413,9 +1477,21 @@ def _can_steer(connection: Any, cursor: Any) -> bool:
 def _errors_plus(vendor: str, entry_sql: str) -> str:
     """SQL for the ``errors`` column with one more entry (an SQL JSON object) appended,
     in place: a concurrent append (a cancel request) is never overwritten."""
+    return _json_append(vendor, "errors", entry_sql)
+
+
+def _json_append(vendor: str, column: str, value_sql: str) -> str:
+    """SQL for the JSON array in ``column`` with one more element (a JSON value)."""
     if vendor == "postgresql":
-        return f"errors || jsonb_build_array({entry_sql})"
-    return f"json_insert(errors, '$[#]', {entry_sql})"
+        return f"{column} || jsonb_build_array({value_sql})"
+    if vendor == "mysql":
+        return f"JSON_ARRAY_APPEND({column}, '$', {value_sql})"
+    return f"json_insert({column}, '$[#]', {value_sql})"
+
+
+def _json_param(vendor: str) -> str:
+    """A placeholder for JSON text, as a JSON value of the database (not a string)."""
+    return {"postgresql": "%s::jsonb", "mysql": "JSON_EXTRACT(%s, '$')"}.get(vendor, "json(%s)")
 
 
 # What a claim reads back on PostgreSQL: the rest of the snapshot is known already

@@ -25,7 +25,15 @@ alive() {  # the server accepts this user over TCP (or, without a client, the po
     (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null
   fi
 }
-if alive; then exit 0; fi
+database=${rest#*/}
+database=${database%%\?*}
+make_database() {  # the URL's database, which Django's test runner connects to first
+  if [ -n "$client" ] && [ -n "$database" ]; then
+    MYSQL_PWD=$password "$client" --protocol=TCP -h "$host" -P "$port" -u "$user" \
+      -e "CREATE DATABASE IF NOT EXISTS \`$database\` CHARACTER SET utf8mb4" >/dev/null 2>&1 || true
+  fi
+}
+if alive; then make_database; exit 0; fi
 port_open() { (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; }
 if port_open; then
   echo "MariaDB answers at $host:$port but does not accept user $user (check the URL's user" >&2
@@ -47,7 +55,7 @@ if local_host && [ -n "$server" ]; then
     mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null || true
     nohup mysqld_safe >/dev/null 2>&1 &
   fi
-  for _ in $(seq 1 60); do alive && exit 0; sleep 1; done
+  for _ in $(seq 1 60); do alive && make_database && exit 0; sleep 1; done
 fi
 
 if [ -z "$server" ]; then

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import threading
 import uuid as uuid_lib
@@ -23,12 +24,14 @@ from django.utils import timezone
 from django_qtasks import app
 from django_qtasks.models import TaskRecord, TaskStatus
 from django_qtasks.storage import CLAIM_ASYNC_COMMIT, CLAIM_PLANNER_SETTINGS
+from django_qtasks.storage_mysql import CLAIM_INDEX
 from django_qtasks.task import Outcome, Task
-from tests.helpers import in_threads
+from tests.helpers import analyze, in_threads
 
 pytestmark = pytest.mark.django_db
 
 postgres = pytest.mark.postgres
+mysql = pytest.mark.mysql
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -72,7 +75,9 @@ def captured_claim_statement(limit: int) -> tuple[str, list[Any]]:
     def spy(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
         claim_sql = SETTINGS_SENT_ALONG.sub("", sql)  # in autocommit
         statement = claim_sql.lstrip().upper()
-        if statement.startswith(("UPDATE", "WITH")) and "RETURNING" in statement:
+        if (statement.startswith(("UPDATE", "WITH")) and "RETURNING" in statement) or (
+            statement.startswith("SELECT") and "SKIP LOCKED" in statement  # MariaDB/MySQL
+        ):
             seen.append((claim_sql, list(params)))
         return execute(sql, params, many, context)
 
@@ -84,7 +89,7 @@ def captured_claim_statement(limit: int) -> tuple[str, list[Any]]:
 
 
 def explain(sql: str, params: list[Any]) -> str:
-    prefix = "EXPLAIN " if connection.vendor == "postgresql" else "EXPLAIN QUERY PLAN "
+    prefix = "EXPLAIN QUERY PLAN " if connection.vendor == "sqlite" else "EXPLAIN "
     with connection.cursor() as cursor:
         cursor.execute(prefix + sql, params)
         return "\n".join(" ".join(str(col) for col in row) for row in cursor.fetchall())
@@ -297,12 +302,16 @@ def test_the_claim_statement_uses_the_partial_claim_index() -> None:
         record.status = TaskStatus.SUCCESS
     TaskRecord.objects.bulk_create(finished, batch_size=2_000)
     TaskRecord.objects.bulk_create(waiting_records(5, key_prefix="wait"))
-    with connection.cursor() as cursor:
-        cursor.execute(f"ANALYZE {TaskRecord._meta.db_table}")
+    analyze(TaskRecord._meta.db_table)
 
     sql, params = captured_claim_statement(limit=2)
     plan = explain(sql, params)
 
+    if connection.vendor == "mysql":
+        # The generated column's index, read in claim order: no sort of what it found.
+        assert CLAIM_INDEX in plan, plan
+        assert "filesort" not in plan, plan
+        return
     assert "qtasks_claim_idx" in plan, plan
     if connection.vendor == "postgresql":
         # Neither the subquery nor the UPDATE reads the 20k finished rows.
@@ -358,6 +367,73 @@ def test_the_claim_stays_on_the_partial_index_over_200000_finished_rows() -> Non
     assert max(n["Plan Rows"] for n in on_index) < 1000, json.dumps(plan, indent=1)
 
 
+def mysql_plan(sql: str, params: list[Any], *, run: bool = False) -> list[dict[str, Any]]:
+    """The table accesses of a statement's plan on MariaDB (``EXPLAIN FORMAT=JSON``, or
+    with ``run`` its ``ANALYZE FORMAT=JSON``, which runs it and counts the rows each
+    access really read), depth first."""
+    with connection.cursor() as cursor:
+        cursor.execute(("ANALYZE" if run else "EXPLAIN") + " FORMAT=JSON " + sql, params)
+        document = json.loads(cursor.fetchone()[0])
+    found: list[dict[str, Any]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "table_name" in node:
+                found.append(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(document)
+    return found
+
+
+FINISHED_ROWS = int(os.environ.get("QTASKS_TEST_FINISHED_ROWS", "200000"))
+
+
+@mysql
+def test_the_mariadb_claim_reads_a_batch_not_the_finished_history() -> None:
+    """MariaDB has no partial index: the claim's index is on a generated column that is
+    NULL for every finished row (migration 0008). Over many finished rows (200,000 here;
+    QTASKS_TEST_FINISHED_ROWS=1000000 for the docs' figure) the claim reads that index
+    in claim order and stops after the batch: ANALYZE runs the claim's own SELECT and
+    counts the rows it really read."""
+    template = waiting_records(1, key_prefix="done")[0]
+    template.status = TaskStatus.SUCCESS
+    template.finished_at = timezone.now()
+    template.save()
+    table = connection.ops.quote_name(TaskRecord._meta.db_table)
+    columns = [field.column for field in TaskRecord._meta.concrete_fields]
+    # MariaDB's uuid type takes UUID()'s text; MySQL stores a UUIDField as char(32).
+    new_uuid = "UUID()" if connection.mysql_is_mariadb else "REPLACE(UUID(), '-', '')"
+    copied = [new_uuid if name == "uuid" else connection.ops.quote_name(name) for name in columns]
+    quoted = ", ".join(connection.ops.quote_name(name) for name in columns)
+    count = 1
+    with connection.cursor() as cursor:
+        while count < FINISHED_ROWS + 1:  # doubling the finished rows, in SQL
+            step = min(count, FINISHED_ROWS + 1 - count)
+            cursor.execute(
+                f"INSERT INTO {table} ({quoted}) SELECT {', '.join(copied)} FROM {table} "
+                "WHERE status = 'success' LIMIT %s",
+                [step],
+            )
+            count += step
+    TaskRecord.objects.bulk_create(waiting_records(50, key_prefix="wait"))
+    analyze(TaskRecord._meta.db_table)
+    assert TaskRecord.objects.filter(status=TaskStatus.SUCCESS).count() == FINISHED_ROWS + 1
+
+    sql, params = captured_claim_statement(limit=10)
+    planned = [n for n in mysql_plan(sql, params) if n["table_name"] == TaskRecord._meta.db_table]
+    assert [n.get("key") for n in planned] == [CLAIM_INDEX], planned
+    ran = [
+        n for n in mysql_plan(sql, params, run=True) if n["table_name"] == TaskRecord._meta.db_table
+    ]
+    # The 40 waiting rows left and a batch of 10: never the finished ones.
+    assert ran[0]["r_rows"] <= 50, ran
+
+
 # -- races --------------------------------------------------------------------------------
 @pytest.mark.django_db(transaction=True)
 def test_two_threads_claiming_at_once_never_share_a_task_and_take_them_all() -> None:
@@ -394,8 +470,7 @@ def test_a_claim_never_takes_more_than_its_limit() -> None:
     """The batch is picked once (a MATERIALIZED CTE): a plan that ran a LIMIT ... SKIP
     LOCKED subquery again could lock and claim other rows on top."""
     TaskRecord.objects.bulk_create(waiting_records(300))
-    with connection.cursor() as cursor:
-        cursor.execute(f"ANALYZE {TaskRecord._meta.db_table}")
+    analyze(TaskRecord._meta.db_table)
     sizes = []
     while batch := claim(7, worker_id="w-limit"):
         sizes.append(len(batch))
@@ -413,7 +488,12 @@ def test_claiming_and_finishing_a_batch_of_100_costs_one_statement_each() -> Non
     with CaptureQueriesContext(connection) as claims:
         tasks = claim(100)
     assert len(tasks) == 100
-    assert len(claims) == 1, [q["sql"][:80] for q in claims]
+    claim_statements = [q["sql"].split()[0].upper() for q in claims]
+    if connection.vendor == "mysql":
+        # No UPDATE ... RETURNING: the batch is locked and read, then marked, by key.
+        assert claim_statements == ["SAVEPOINT", "SELECT", "UPDATE", "RELEASE"], claims
+    else:
+        assert len(claims) == 1, [q["sql"][:80] for q in claims]
 
     outcomes = [(task, Outcome(status="success", returning=n)) for n, task in enumerate(tasks)]
     with CaptureQueriesContext(connection) as finishes:

@@ -157,6 +157,17 @@ def test_unique_key_returns_the_existing_waiting_task():
     assert other.uuid != first.uuid
 
 
+def test_unique_keys_that_differ_only_in_case_are_different_keys():
+    """Byte for byte on every database: MariaDB's default collations ignore case and
+    accents, its unique index on the key does not (utf8mb4_bin), nor does the look-up
+    of the task that holds a key."""
+    upper = tasks.record.add_task("a", unique_key="REPORT:X")
+    lower = tasks.record.add_task("b", unique_key="report:x")  # the newer one
+    assert upper.uuid != lower.uuid
+    again = tasks.record.add_task("c", unique_key="REPORT:X")
+    assert (again.uuid, again.args) == (upper.uuid, ["a"])
+
+
 def test_unique_keys_belong_to_one_task_name():
     report = tasks.record.add_task("a", unique_key="daily")
     other = tasks.add.add_task(1, 2, unique_key="daily")

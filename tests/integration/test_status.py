@@ -17,6 +17,7 @@ from django.utils import timezone
 from django_qtasks import app
 from django_qtasks.models import TaskRecord
 from django_qtasks.status import read_status, recent_outcomes
+from tests.helpers import analyze
 from tests.integration.test_claim import explain
 
 pytestmark = pytest.mark.django_db
@@ -226,8 +227,7 @@ def test_every_statement_reads_an_index_on_a_big_table():
         # ANALYZE's statistics outlive the test's rollback on PostgreSQL: leave them as
         # they were, an empty table.
         TaskRecord.objects.all().delete()
-        with connection.cursor() as cursor:
-            cursor.execute(f"ANALYZE {table}")
+        analyze(table)
     assert len(plans) == 2, statements  # the queues, the recent outcomes
     assert "qtasks_finished_idx" in plans[1], plans[1]
     for plan in plans:

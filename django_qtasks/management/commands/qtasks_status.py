@@ -4,6 +4,7 @@ for probes and cron monitors (docs/operations.md)."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -122,9 +123,10 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if options["max_age"] is not None and options["max_age"] < 0:
+        max_age = options["max_age"]
+        if max_age is not None and (not math.isfinite(max_age) or not max_age >= 0):
             raise CommandError("--max-age must be 0 seconds or more.")
-        if options["window"] <= 0:
+        if not math.isfinite(options["window"]) or not options["window"] > 0:
             raise CommandError("--window must be more than 0 seconds.")
         queues = [q for group in options["queues"] or () for q in group] or None
         try:

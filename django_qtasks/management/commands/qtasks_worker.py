@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import math
 import sys
 from typing import Any
 
@@ -14,7 +16,11 @@ LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBU
 
 
 def _queues(value: str) -> list[str]:
-    return [q.strip() for q in value.split(",") if q.strip()]
+    """``a,b`` -> the names; none at all is an error (it used to mean every queue)."""
+    queues = [q.strip() for q in value.split(",") if q.strip()]
+    if not queues:
+        raise argparse.ArgumentTypeError(f"no queue name in {value!r}")
+    return queues
 
 
 class Command(BaseCommand):
@@ -79,9 +85,12 @@ class Command(BaseCommand):
             ("grace", 0, "--grace must be 0 seconds or more."),
         ]
         for key, low, message in checks:
-            if options[key] is not None and options[key] < low:
+            value = options[key]
+            # not (value >= low): NaN fails every comparison, and must fail this one.
+            if value is not None and (not math.isfinite(value) or not value >= low):
                 raise CommandError(message)
-        if options["poll_interval"] is not None and options["poll_interval"] <= 0:
+        poll = options["poll_interval"]
+        if poll is not None and (not math.isfinite(poll) or not poll > 0):
             raise CommandError("--poll-interval must be more than 0 seconds.")
         if options["max_tasks_per_child"] and not options["processes"]:
             raise CommandError("--max-tasks-per-child needs --processes.")
