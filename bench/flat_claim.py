@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import DEFAULT_URL, fresh_database, setup_django, start_worker
 
 if TYPE_CHECKING:
-    from django_qtasks.task import Outcome
+    from django_qtasks.api.task import Outcome
 
 
 def preload(tasks: int) -> None:
@@ -106,7 +106,7 @@ def claim_plan() -> str:
 
 
 def _success() -> Outcome:
-    from django_qtasks.task import Outcome
+    from django_qtasks.api.task import Outcome
 
     return Outcome(status="success")
 

@@ -43,8 +43,9 @@ def probed_worker(concurrency: int, out: str) -> None:
     django.setup()
     from django.core.management import call_command
 
-    from django_qtasks import listener, storage, worker
-
+    from django_qtasks.broker import listener
+    from django_qtasks.storage import storage
+    from django_qtasks.worker import worker
     events: list[tuple[str, float]] = []
 
     def probe(cls: Any, name: str, event: str, when_result: bool = True) -> None:

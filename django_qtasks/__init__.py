@@ -8,34 +8,38 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from django_qtasks import _moved
+
+_moved.install()  # the old flat module paths, for one release
+
 __version__ = "0.1.0.dev0"
 
 if TYPE_CHECKING:
-    from .models import TaskStatus
-    from .queue_tasks import AsyncQueueTasks, QueueTasks
-    from .results import AsyncResult, SyncResult
-    from .task import AsyncTask, SyncTask, Task, TaskCls
-    from .workflows import Chain, Group, chain, group
+    from django_qtasks.api.queue_tasks import AsyncQueueTasks, QueueTasks
+    from django_qtasks.api.results import AsyncResult, SyncResult
+    from django_qtasks.api.task import AsyncTask, SyncTask, Task, TaskCls
+    from django_qtasks.api.workflows import Chain, Group, chain, group
+    from django_qtasks.models import TaskStatus
 
     app: QueueTasks
     async_app: AsyncQueueTasks
 
 _LAZY = {
-    "QueueTasks": "queue_tasks",
-    "AsyncQueueTasks": "queue_tasks",
-    "SyncTask": "task",
-    "AsyncTask": "task",
-    "Task": "task",
-    "TaskCls": "task",
-    "SyncResult": "results",
-    "AsyncResult": "results",
+    "QueueTasks": "api.queue_tasks",
+    "AsyncQueueTasks": "api.queue_tasks",
+    "SyncTask": "api.task",
+    "AsyncTask": "api.task",
+    "Task": "api.task",
+    "TaskCls": "api.task",
+    "SyncResult": "api.results",
+    "AsyncResult": "api.results",
     "TaskStatus": "models",
-    "TaskContext": "context",
-    "TaskSelf": "context",
-    "chain": "workflows",
-    "group": "workflows",
-    "Chain": "workflows",
-    "Group": "workflows",
+    "TaskContext": "worker.context",
+    "TaskSelf": "worker.context",
+    "chain": "api.workflows",
+    "group": "api.workflows",
+    "Chain": "api.workflows",
+    "Group": "api.workflows",
 }
 _project_apps: dict[str, Any] = {}
 
@@ -47,7 +51,7 @@ def __getattr__(name: str) -> Any:
     if name in {"app", "async_app"}:
         if not _project_apps:
             _require_installed()
-            from .queue_tasks import AsyncQueueTasks, QueueTasks
+            from django_qtasks.api.queue_tasks import AsyncQueueTasks, QueueTasks
 
             sync_app = QueueTasks()
             _project_apps["app"] = sync_app

@@ -31,15 +31,15 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.http import require_POST
 
-from . import dashboard
-from .counters import METRICS
-from .exceptions import QTasksError
-from .models import ACTIVE_STATUSES, ConfigEntry, TaskRecord, TaskStatus
-from .storage import WORKERS
-from .templatetags.qtasks_admin import EMPTY
-from .templatetags.qtasks_admin import qtasks_duration as format_duration
-from .templatetags.qtasks_admin import qtasks_short_time as _short_time
-from .templatetags.qtasks_admin import qtasks_time as _full_time
+from django_qtasks.contrib import dashboard
+from django_qtasks.exceptions import QTasksError
+from django_qtasks.global_config.counters import METRICS
+from django_qtasks.models import ACTIVE_STATUSES, ConfigEntry, TaskRecord, TaskStatus
+from django_qtasks.storage.storage import WORKERS
+from django_qtasks.templatetags.qtasks_admin import EMPTY
+from django_qtasks.templatetags.qtasks_admin import qtasks_duration as format_duration
+from django_qtasks.templatetags.qtasks_admin import qtasks_short_time as _short_time
+from django_qtasks.templatetags.qtasks_admin import qtasks_time as _full_time
 
 if TYPE_CHECKING:
     TaskRecordAdminBase = admin.ModelAdmin[TaskRecord]
@@ -61,7 +61,7 @@ in the admin, never added by hand; an edit would be overwritten within seconds."
 
 
 def _app() -> Any:
-    from . import app
+    from django_qtasks import app
 
     return app
 

@@ -12,12 +12,12 @@ class QTasksConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401 - registers the system checks
-        from .settings import get_settings
+        from django_qtasks import checks  # noqa: F401 - registers the system checks
+        from django_qtasks.settings import get_settings
 
         get_settings()  # a wrong QTASKS fails at start-up, naming the key
         try:
-            from .backends import install
+            from django_qtasks.contrib.backends import install
         except ImportError as exc:  # Django 5.2 without the django-tasks backport
             if exc.name != "django_tasks":
                 raise

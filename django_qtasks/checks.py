@@ -9,9 +9,9 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.db import connections
 from django.utils.module_loading import import_string
 
-from .exceptions import ConfigurationError
-from .settings import get_settings
-from .storage import SUPPORTED_VENDORS, supported_vendor_list
+from django_qtasks.exceptions import ConfigurationError
+from django_qtasks.settings import get_settings
+from django_qtasks.storage.storage import SUPPORTED_VENDORS, supported_vendor_list
 
 MIN_SQLITE = (3, 35)  # UPDATE ... RETURNING
 
@@ -103,7 +103,7 @@ def check_qtasks_database_version(
     connection = connections[alias]
     if connection.vendor != "mysql":
         return []
-    from .storage_mysql import version_problem
+    from django_qtasks.storage.mysql import version_problem
 
     problem = version_problem(connection)
     if problem is None:

@@ -18,8 +18,8 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
-from .cron import CronError, validate_cron, validate_tz
-from .exceptions import ConfigurationError
+from django_qtasks.cron import CronError, validate_cron, validate_tz
+from django_qtasks.exceptions import ConfigurationError
 
 # \Z, not $: "$" also matches before a final newline, which would let "a\n" through.
 QUEUE_NAME_RE = re.compile(r"\A[A-Za-z0-9_.:-]{1,64}\Z")
@@ -71,12 +71,12 @@ class QTasksSettings:
     rescue_interval: float = 15.0
     middlewares_before: tuple[str, ...] = ()
     middlewares_after: tuple[str, ...] = ()
-    executor: str = "django_qtasks.executor.TaskExecutor"
+    executor: str = "django_qtasks.worker.executor.TaskExecutor"
     storage: str = "django_qtasks.storage.DjangoStorage"
     global_config: str = "django_qtasks.global_config.DjangoGlobalConfig"
     broker: str = "django_qtasks.broker.DjangoBroker"
     worker: str = "django_qtasks.worker.ThreadWorker"
-    starter: str = "django_qtasks.starter.Starter"
+    starter: str = "django_qtasks.worker.starter.Starter"
     schedule: tuple[ScheduleEntry, ...] = ()
     prune_after: float | None = None
     prune_batch_size: int = 1000

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from django_qtasks import app
 
 if TYPE_CHECKING:
-    from django_qtasks.context import TaskSelf
+    from django_qtasks.worker.context import TaskSelf
 
 
 @app.task(description="Adds two numbers: the smallest possible round trip.")

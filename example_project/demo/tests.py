@@ -14,7 +14,7 @@ from django.test import TestCase
 from django.urls import reverse
 
 from django_qtasks import app
-from django_qtasks.testing import (
+from django_qtasks.contrib.testing import (
     assert_task_enqueued,
     assert_task_not_enqueued,
     immediate,

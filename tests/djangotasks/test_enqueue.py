@@ -272,8 +272,8 @@ def test_without_a_tasks_framework_the_import_error_says_what_to_install(
 
     monkeypatch.setattr(django, "VERSION", (5, 2, 0, "final", 0))
     monkeypatch.setitem(sys.modules, "django_tasks", None)  # "not installed"
-    monkeypatch.delitem(sys.modules, "django_qtasks.django_tasks")
-    monkeypatch.delitem(sys.modules, "django_qtasks.backends")
+    monkeypatch.delitem(sys.modules, "django_qtasks.contrib.django_tasks")
+    monkeypatch.delitem(sys.modules, "django_qtasks.contrib.backends")
     with pytest.raises(ImportError, match=r"django-qtasks\[tasks\]") as info:
-        importlib.import_module("django_qtasks.backends")
+        importlib.import_module("django_qtasks.contrib.backends")
     assert info.value.name == "django_tasks"  # what the AppConfig's guard looks for

@@ -8,7 +8,7 @@ from tests.djangotasks import skip_without_framework
 
 skip_without_framework()
 
-from django_qtasks.testing import (  # noqa: E402
+from django_qtasks.contrib.testing import (  # noqa: E402
     assert_task_enqueued,
     immediate,
     run_pending_tasks,

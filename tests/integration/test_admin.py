@@ -15,7 +15,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from django_qtasks import app, dashboard
+from django_qtasks import app
+from django_qtasks.contrib import dashboard
 from django_qtasks.models import ConfigEntry, TaskRecord
 
 pytestmark = pytest.mark.django_db

@@ -17,11 +17,11 @@ from django.db import connection
 from django.db.models import Count
 
 from django_qtasks import app
+from django_qtasks.api.queue_tasks import QueueTasks
+from django_qtasks.api.task import Outcome, Task
 from django_qtasks.exceptions import InvalidTaskCall, TaskRegistrationError
 from django_qtasks.models import TaskRecord, TaskStatus
-from django_qtasks.queue_tasks import QueueTasks
 from django_qtasks.settings import QTasksSettings
-from django_qtasks.task import Outcome, Task
 from tests.helpers import analyze, in_threads
 from tests.integration.test_claim import explain
 
@@ -259,7 +259,7 @@ def test_the_admin_task_page_shows_the_limit(admin_client: Any) -> None:
 
 # -- in the caller's thread ---------------------------------------------------------------
 def test_run_pending_tasks_runs_limited_tasks_one_after_another() -> None:
-    from django_qtasks.testing import run_pending_tasks
+    from django_qtasks.contrib.testing import run_pending_tasks
 
     for n in range(3):
         app.add_task("tests.limited", f"l{n}")

@@ -4,8 +4,8 @@ import pytest
 from django.test import override_settings
 
 from django_qtasks import app
+from django_qtasks.api.queue_tasks import TaskRegistry
 from django_qtasks.exceptions import InvalidTaskCall, TaskNotRegistered
-from django_qtasks.queue_tasks import TaskRegistry
 from tests.helpers import wait_until
 from tests.testapp import tasks
 from tests.testapp.models import Execution
@@ -102,7 +102,7 @@ def test_retry_refuses_to_break_a_unique_key(run_worker):
 
 
 def test_expired_worker_rows_are_purged():
-    from django_qtasks.storage import WORKERS
+    from django_qtasks.storage.storage import WORKERS
 
     config = app.broker.storage.global_config
     config.set(WORKERS, "gone", {}, ttl=-1)

@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from django_qtasks import app
-from django_qtasks.counters import METRICS, RETIRED, TaskCounters, add, retire_orphans, totals
+from django_qtasks.global_config.counters import (
+    METRICS,
+    RETIRED,
+    TaskCounters,
+    add,
+    retire_orphans,
+    totals,
+)
 from django_qtasks.models import ConfigEntry
 from tests.helpers import in_threads
 from tests.testapp.tasks import record

@@ -10,11 +10,11 @@ from django.test import override_settings
 from django.utils import timezone
 
 from django_qtasks import app, async_app
+from django_qtasks.api.queue_tasks import QueueTasks
+from django_qtasks.api.task import Task
 from django_qtasks.exceptions import InvalidTaskCall, WouldDeadlock
 from django_qtasks.models import TaskRecord
-from django_qtasks.queue_tasks import QueueTasks
 from django_qtasks.signals import task_enqueued
-from django_qtasks.task import Task
 from tests.helpers import in_threads
 from tests.testapp import tasks
 
@@ -366,7 +366,7 @@ class _alias_settings:
 def test_a_spec_made_without_the_builder_is_checked_like_any_other():
     """TaskSpec is public (a custom Broker may make one): one without encoded arguments
     is encoded and checked by the same code as add_task()'s, before anything is stored."""
-    from django_qtasks.task import TaskSpec
+    from django_qtasks.api.task import TaskSpec
 
     def spec(args):
         return TaskSpec(task_name="tests.record", args=args, kwargs={}, queue="default",
@@ -384,7 +384,7 @@ def test_a_spec_made_without_the_builder_is_checked_like_any_other():
 @pytest.mark.parametrize("tags", [[["nested"]], [1], "one", None])
 def test_a_spec_with_tags_that_are_not_strings_is_refused_and_nothing_stored(tags):
     """Tags are checked at registration; a hand-made TaskSpec's are checked on store."""
-    from django_qtasks.task import TaskSpec
+    from django_qtasks.api.task import TaskSpec
 
     bad = TaskSpec(task_name="tests.record", args=["k"], kwargs={}, queue="default",
                    priority=0, run_after=None, max_retries=0, tags=tags)  # fmt: skip

@@ -8,8 +8,8 @@ from django.test import override_settings
 
 from django_qtasks import AsyncResult, SyncResult, app
 from django_qtasks.exceptions import ResultTimeout
-from django_qtasks.executor import TaskExecutor, retry_delay
 from django_qtasks.signals import task_finished, task_started
+from django_qtasks.worker.executor import TaskExecutor, retry_delay
 from tests.testapp import middlewares, tasks
 from tests.testapp.models import Execution
 

@@ -3,7 +3,7 @@
 import pytest
 
 from django_qtasks import app
-from django_qtasks.broker import DjangoBroker
+from django_qtasks.broker.broker import DjangoBroker
 from django_qtasks.signals import component_started, component_stopped
 
 

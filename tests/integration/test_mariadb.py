@@ -11,8 +11,8 @@ from django.core.checks import run_checks
 from django.db import OperationalError, connection
 
 from django_qtasks import app
-from django_qtasks.db import DEADLOCK, is_lock_conflict, mysql_error_code
-from django_qtasks.storage_mysql import MySQLStorage, version_problem
+from django_qtasks.storage.db import DEADLOCK, is_lock_conflict, mysql_error_code
+from django_qtasks.storage.mysql import MySQLStorage, version_problem
 
 mysql = pytest.mark.mysql
 

@@ -17,10 +17,10 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from django_qtasks import app
-from django_qtasks.counters import METRICS, RETIRED
-from django_qtasks.metrics import metrics_view
+from django_qtasks.contrib.metrics import metrics_view
+from django_qtasks.global_config.counters import METRICS, RETIRED
 from django_qtasks.models import ConfigEntry
-from django_qtasks.storage import WORKERS
+from django_qtasks.storage.storage import WORKERS
 from tests.conftest import WorkerProcesses
 from tests.helpers import wait_until
 from tests.testapp.tasks import add, always_fail, record
@@ -137,6 +137,6 @@ def test_the_token_guards_the_view():
 
 def test_a_missing_prometheus_client_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
-    monkeypatch.delitem(sys.modules, "django_qtasks.metrics")
+    monkeypatch.delitem(sys.modules, "django_qtasks.contrib.metrics")
     with pytest.raises(ImproperlyConfigured, match=r"pip install 'django-qtasks\[prometheus\]'"):
-        importlib.import_module("django_qtasks.metrics")
+        importlib.import_module("django_qtasks.contrib.metrics")

@@ -13,10 +13,10 @@ from django.db import connection
 from django.utils import timezone
 
 from django_qtasks import app
-from django_qtasks.heartbeat import Heartbeat
 from django_qtasks.models import ScheduleRun, TaskRecord, TaskStatus
-from django_qtasks.retention import parse_age, prune
 from django_qtasks.settings import build_settings
+from django_qtasks.storage.retention import parse_age, prune
+from django_qtasks.worker.heartbeat import Heartbeat
 from tests.helpers import analyze
 from tests.integration.test_claim import explain
 

@@ -76,7 +76,7 @@ def test_a_rescued_task_runs_again_and_the_old_worker_cannot_overwrite_it(run_wo
     done = app.get(lost.uuid)
     assert (done.status, done.attempt) == ("success", 2)
     # The dead worker comes back to life and reports: nothing changes.
-    from django_qtasks.task import Outcome
+    from django_qtasks.api.task import Outcome
 
     assert app.broker.finish(snapshot, Outcome(status="error")) is False
     assert app.get(lost.uuid).status == "success"

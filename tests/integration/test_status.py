@@ -15,8 +15,8 @@ from django.db import connection
 from django.utils import timezone
 
 from django_qtasks import app
+from django_qtasks.contrib.status import read_status, recent_outcomes
 from django_qtasks.models import TaskRecord
-from django_qtasks.status import read_status, recent_outcomes
 from tests.helpers import analyze
 from tests.integration.test_claim import explain
 

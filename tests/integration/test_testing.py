@@ -16,11 +16,7 @@ from django.db import transaction
 from django.test import TestCase, override_settings
 
 from django_qtasks import Task, app
-from django_qtasks.exceptions import ConfigurationError, TaskNotFound, WouldDeadlock
-from django_qtasks.models import TaskRecord
-from django_qtasks.settings import build_settings
-from django_qtasks.signals import task_finished, task_started
-from django_qtasks.testing import (
+from django_qtasks.contrib.testing import (
     EnqueuedTasks,
     NotWaiting,
     TooManyTasks,
@@ -30,6 +26,10 @@ from django_qtasks.testing import (
     run_pending_tasks,
     run_task,
 )
+from django_qtasks.exceptions import ConfigurationError, TaskNotFound, WouldDeadlock
+from django_qtasks.models import TaskRecord
+from django_qtasks.settings import build_settings
+from django_qtasks.signals import task_finished, task_started
 from tests.testapp import middlewares, tasks
 from tests.testapp.models import Execution
 

@@ -15,11 +15,12 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from django_qtasks import Chain, app, chain, dashboard, group
+from django_qtasks import Chain, app, chain, group
+from django_qtasks.api.task import Outcome
+from django_qtasks.contrib import dashboard
+from django_qtasks.contrib.testing import immediate
 from django_qtasks.exceptions import FlowFailed
 from django_qtasks.models import TaskRecord, TaskStatus
-from django_qtasks.task import Outcome
-from django_qtasks.testing import immediate
 from tests.testapp import tasks
 from tests.testapp.models import Execution
 

@@ -18,8 +18,8 @@ import pytest
 from django.db import connection
 
 from django_qtasks import app
-from django_qtasks.cursors import session_state_wanted
 from django_qtasks.models import TaskRecord
+from django_qtasks.storage.cursors import session_state_wanted
 from tests.conftest import WorkerProcesses
 from tests.helpers import wait_until
 from tests.pgbouncer.conftest import POOL_SIZE, SINGLE, PgBouncer

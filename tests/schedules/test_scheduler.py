@@ -18,8 +18,8 @@ from django.db import connection
 from django_qtasks import QueueTasks
 from django_qtasks.exceptions import ConfigurationError
 from django_qtasks.models import ScheduleRun, TaskRecord, TaskStatus
-from django_qtasks.scheduler import Schedule, Scheduler, collect_schedules
 from django_qtasks.settings import build_settings
+from django_qtasks.worker.scheduler import Schedule, Scheduler, collect_schedules
 from tests.helpers import in_threads
 
 pytestmark = pytest.mark.django_db

@@ -42,8 +42,8 @@ def test_non_finite_seconds_are_refused_naming_the_key(key: str, value: float) -
 
 @pytest.mark.parametrize("queue", ["default\n", "a\nb", ""])
 def test_a_queue_name_with_a_newline_is_refused(queue: str) -> None:
+    from django_qtasks.api.task import validate_queue
     from django_qtasks.exceptions import InvalidTaskCall
-    from django_qtasks.task import validate_queue
 
     with pytest.raises(InvalidTaskCall, match="queue"):
         validate_queue(queue, None)

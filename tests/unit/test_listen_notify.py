@@ -11,8 +11,8 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 
-from django_qtasks.cursors import session_state_wanted
 from django_qtasks.settings import build_settings
+from django_qtasks.storage.cursors import session_state_wanted
 
 
 @pytest.mark.parametrize("value", [True, False, "auto"])

@@ -1,12 +1,12 @@
 import pytest
 
 from django_qtasks import AsyncTask, SyncTask, TaskCls
+from django_qtasks.api.queue_tasks import AsyncQueueTasks, QueueTasks
 from django_qtasks.exceptions import (
     InvalidTaskCall,
     TaskNotRegistered,
     TaskRegistrationError,
 )
-from django_qtasks.queue_tasks import AsyncQueueTasks, QueueTasks
 from django_qtasks.settings import QTasksSettings
 
 

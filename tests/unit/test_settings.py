@@ -2,8 +2,8 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
+from django_qtasks.api.queue_tasks import build_broker
 from django_qtasks.checks import check_qtasks
-from django_qtasks.queue_tasks import build_broker
 from django_qtasks.settings import QTasksSettings, build_settings, get_settings
 
 

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from django_qtasks import app
 from django_qtasks.models import FINISHED_STATUSES
-from django_qtasks.retention import parse_age, parse_statuses, prune
+from django_qtasks.storage.retention import parse_age, parse_statuses, prune
 
 
 def _age(value: str) -> dt.timedelta:

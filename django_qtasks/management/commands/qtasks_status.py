@@ -11,7 +11,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
-from django_qtasks.status import DEFAULT_WINDOW, Status, read_status
+from django_qtasks.contrib.status import DEFAULT_WINDOW, Status, read_status
 
 
 def _queues(value: str) -> list[str]:

@@ -130,7 +130,7 @@ def task_names(app: Any) -> list[str]:
     """Every task this worker can run by name: the ``@app.task`` ones, then the Django
     ``@task`` ones of the installed apps (when django.tasks, or its backport, is here)."""
     try:
-        from django_qtasks.django_tasks import loaded_task_names
+        from django_qtasks.contrib.django_tasks import loaded_task_names
     except ImportError:  # Django 5.2 without the django-tasks backport
         django_names: list[str] = []
     else:

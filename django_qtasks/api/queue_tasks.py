@@ -1,0 +1,633 @@
+"""QueueTasks: the object users touch. It registers tasks, enqueues and reads them.
+
+It knows the Broker (built from ``settings.QTASKS``, owning Storage and GlobalConfig)
+and builds the Worker and the Starter for ``qtasks_worker``. ``QueueTasks`` speaks
+plain calls; ``AsyncQueueTasks`` is its async twin over the same registry and broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+import time
+import uuid as uuid_lib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, overload
+
+from asgiref.sync import sync_to_async
+from django.db import connections
+from django.utils.module_loading import import_string
+
+from django_qtasks import signals
+from django_qtasks.api.task import (
+    AsyncTask,
+    BaseTask,
+    RunAfter,
+    SyncTask,
+    Task,
+    TaskCls,
+    TaskOptions,
+    TaskSpec,
+    check_json,
+    resolve_run_after,
+    validate_priority,
+    validate_queue,
+)
+from django_qtasks.broker.broker import BaseBroker
+from django_qtasks.cron import CronError, validate_cron, validate_tz
+from django_qtasks.exceptions import (
+    InvalidTaskCall,
+    ResultTimeout,
+    TaskNotFound,
+    TaskNotRegistered,
+    TaskRegistrationError,
+    WouldDeadlock,
+)
+from django_qtasks.global_config.global_config import BaseGlobalConfig
+from django_qtasks.settings import QTasksSettings, get_settings, import_component
+from django_qtasks.storage.concurrency import check_options as check_concurrency_options
+from django_qtasks.storage.concurrency import resolve_group
+from django_qtasks.storage.storage import BaseStorage
+from django_qtasks.worker.executor import resolve_middlewares
+
+if TYPE_CHECKING:
+    from django_qtasks.worker.starter import Starter
+    from django_qtasks.worker.worker import BaseWorker
+
+
+def build_broker(settings: QTasksSettings) -> BaseBroker:
+    """Broker -> Storage -> GlobalConfig, each class taken from the settings."""
+    global_config: BaseGlobalConfig = import_component(settings, "global_config", BaseGlobalConfig)(
+        settings
+    )
+    storage: BaseStorage = import_component(settings, "storage", BaseStorage)(
+        settings, global_config
+    )
+    broker: BaseBroker = import_component(settings, "broker", BaseBroker)(settings, storage)
+    return broker
+
+
+@dataclass(frozen=True)
+class _SpecBuilder:
+    """Builds the TaskSpecs of one task name from its validated, shared part."""
+
+    task_name: str
+    options: TaskOptions | None
+    queue: str
+    priority: int
+    max_retries: int
+    tags: tuple[str, ...]
+    max_args_size: int | None
+
+    def build(
+        self,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        *,
+        run_after: dt.datetime | None,
+        unique_key: str | None = None,
+        concurrency_key: str | None = None,
+    ) -> TaskSpec:
+        if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
+            raise InvalidTaskCall(f"unique_key must be a non-empty string, got {unique_key!r}.")
+        args = list(args)
+        encoded = check_json(args, kwargs, self.max_args_size)
+        group, max_concurrency = resolve_group(self.options, args, kwargs, concurrency_key)
+        return TaskSpec(
+            task_name=self.task_name,
+            args=args,
+            kwargs=dict(kwargs),
+            queue=self.queue,
+            priority=self.priority,
+            run_after=run_after,
+            max_retries=self.max_retries,
+            unique_key=unique_key,
+            tags=list(self.tags),
+            encoded=encoded,
+            concurrency_key=group,
+            max_concurrency=max_concurrency,
+        )
+
+
+class TaskRegistry:
+    """Task name -> registered task. Shared by an app and its async twin."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, BaseTask[Any]] = {}
+        self._resolvers: list[tuple[str, Callable[[str], BaseTask[Any] | None]]] = []
+        self._lock = threading.Lock()
+
+    def add_resolver(self, prefix: str, resolver: Callable[[str], BaseTask[Any] | None]) -> None:
+        """Let names starting with ``prefix`` be looked up on demand by ``resolver``.
+
+        An integration (the django.tasks backend) uses it for tasks that are not
+        ``@app.task`` functions; the resolver must refuse (return ``None``) anything
+        that is not a task it knows, since the name comes from a database row.
+        """
+        with self._lock:
+            if (prefix, resolver) not in self._resolvers:
+                self._resolvers.append((prefix, resolver))
+
+    def add(self, task: BaseTask[Any]) -> None:
+        with self._lock:
+            current = self._tasks.get(task.name)
+            if current is not None and not _same_function(current.func, task.func):
+                raise TaskRegistrationError(
+                    f"A task named {task.name!r} is already registered "
+                    f"({current.func.__module__}.{current.func.__qualname__}); "
+                    "give one of them another name=."
+                )
+            self._tasks[task.name] = task
+
+    def get(self, name: str) -> BaseTask[Any]:
+        task = self._tasks.get(name)
+        if task is not None:
+            return task
+        for prefix, resolver in self._resolvers:
+            if name.startswith(prefix):
+                task = resolver(name)
+                if task is not None:
+                    with self._lock:
+                        self._tasks.setdefault(name, task)
+                    return task
+        raise TaskNotRegistered(
+            f"No task named {name!r} is registered in this process. Is its module "
+            "(tasks.py of an installed app) imported, and is the name spelled right?"
+        )
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def names(self) -> list[str]:
+        return sorted(self._tasks)
+
+
+def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
+    """A module imported twice (reloads, tests) registers the same function again."""
+    return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+
+
+class BaseQueueTasks:
+    """What the sync and async apps share: registry, broker, specs, waiting."""
+
+    task_class: type[BaseTask[Any]]
+
+    def __init__(
+        self,
+        settings: QTasksSettings | None = None,
+        *,
+        registry: TaskRegistry | None = None,
+        shared_with: BaseQueueTasks | None = None,
+    ) -> None:
+        self._settings = settings
+        self._shared_with = shared_with
+        self.registry: TaskRegistry = registry or (
+            shared_with.registry if shared_with else TaskRegistry()
+        )
+        self._broker: BaseBroker | None = None
+        self._broker_settings: QTasksSettings | None = None
+        self._lock = threading.Lock()
+
+    # -- configuration ---------------------------------------------------------------
+    @property
+    def settings(self) -> QTasksSettings:
+        if self._shared_with is not None:
+            return self._shared_with.settings
+        return self._settings or get_settings()
+
+    @property
+    def broker(self) -> BaseBroker:
+        """The Broker (with its Storage and GlobalConfig), built once per settings."""
+        if self._shared_with is not None:
+            return self._shared_with.broker
+        settings = self.settings
+        with self._lock:
+            if self._broker is None or self._broker_settings is not settings:
+                self._broker = build_broker(settings)
+                self._broker_settings = settings
+            return self._broker
+
+    # -- registration ----------------------------------------------------------------
+    def _register(self, func: Callable[..., Any], options: dict[str, Any]) -> BaseTask[Any]:
+        name = options.pop("name", None)
+        if name is None:
+            name = f"{func.__module__}.{func.__qualname__}"
+        task_options = _build_options(name, options)
+        task = self.task_class(self, func, task_options)
+        self.registry.add(task)
+        return task
+
+    def get_task(self, name: str) -> BaseTask[Any]:
+        return self.registry.get(name)
+
+    # -- building a task (pure: no I/O) ----------------------------------------------
+    def build_spec(
+        self,
+        task_name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        *,
+        priority: int | None = None,
+        queue: str | None = None,
+        run_after: RunAfter = None,
+        unique_key: str | None = None,
+        concurrency_key: str | None = None,
+    ) -> TaskSpec:
+        return self._spec_builder(task_name, priority, queue).build(
+            args,
+            kwargs,
+            run_after=resolve_run_after(run_after),
+            unique_key=unique_key,
+            concurrency_key=concurrency_key,
+        )
+
+    def _spec_builder(
+        self, task_name: str, priority: int | None, queue: str | None
+    ) -> _SpecBuilder:
+        """What every call of one task shares (options, defaults, validated queue and
+        priority), resolved once: a bulk enqueue of many calls of one task pays for it
+        once, not per call."""
+        settings = self.settings
+        options = self.registry.get(task_name).options if task_name in self.registry else None
+        if priority is None:
+            priority = options.priority if options and options.priority is not None else None
+        if priority is None:
+            priority = settings.default_priority
+        if queue is None:
+            queue = (options.queue if options else None) or settings.default_queue
+        retry = options.retry if options and options.retry is not None else settings.default_retry
+        return _SpecBuilder(
+            task_name=task_name,
+            options=options,
+            queue=validate_queue(queue, settings.queues),
+            priority=validate_priority(priority),
+            max_retries=retry,
+            tags=tuple(options.tags) if options else (),
+            max_args_size=settings.max_args_size,
+        )
+
+    # -- the sync core; the async app wraps these --------------------------------------
+    def sync_add_spec(self, spec: TaskSpec, *, timeout: float | None = None) -> Task:
+        """Store a task; in immediate mode also run it (see :meth:`_run_immediately`)."""
+        immediate = self.settings.mode == "immediate"
+        if timeout is not None:
+            self._check_can_wait(immediate=immediate)  # before anything is written
+        task, created = self.broker.add(spec)
+        if created:
+            signals.task_enqueued.send(sender=type(self), task=task)
+            if immediate:
+                task = self._run_immediately([task])[0]
+        if timeout is not None and not task.is_finished:
+            return self.wait(task.uuid, timeout)
+        return task
+
+    def _run_immediately(self, tasks: list[Task]) -> list[Task]:
+        """``QTASKS["MODE"] = "immediate"``: run the new tasks in this thread through the
+        worker's own code (:mod:`django_qtasks.inline`), at once or, inside the caller's
+        ``transaction.atomic()``, when it commits. Returns them as stored."""
+        from django_qtasks.worker.inline import run_immediately
+
+        return run_immediately(self, tasks)
+
+    def _check_can_wait(self, *, immediate: bool = False) -> None:
+        """Refuse to wait where the task cannot be committed; in immediate mode only the
+        caller's own atomic blocks count (a test case's block never holds a task back)."""
+        alias = self.settings.database
+        if immediate:
+            from django_qtasks.worker.inline import in_callers_atomic
+
+            blocked = in_callers_atomic(alias)
+        else:
+            blocked = connections[alias].in_atomic_block
+        if blocked:
+            raise WouldDeadlock(
+                "Waiting for a task inside transaction.atomic() cannot work: the task is not "
+                "committed, so no worker can run it. Wait after the block, or drop timeout=."
+            )
+
+    def sync_add_task(
+        self,
+        task_name: str,
+        *args: Any,
+        priority: int | None = None,
+        timeout: float | None = None,
+        queue: str | None = None,
+        run_after: RunAfter = None,
+        unique_key: str | None = None,
+        concurrency_key: str | None = None,
+        **kwargs: Any,
+    ) -> Task:
+        spec = self.build_spec(
+            task_name,
+            args,
+            kwargs,
+            priority=priority,
+            queue=queue,
+            run_after=run_after,
+            unique_key=unique_key,
+            concurrency_key=concurrency_key,
+        )
+        return self.sync_add_spec(spec, timeout=timeout)
+
+    def sync_add_tasks(
+        self,
+        calls: Iterable[TaskCls | tuple[str, Sequence[Any], dict[str, Any]]],
+        *,
+        priority: int | None = None,
+        queue: str | None = None,
+        run_after: RunAfter = None,
+    ) -> list[Task]:
+        """Enqueue many tasks in one go (one transaction, few statements): pending calls
+        (``send(1)``) or ``(task_name, args, kwargs)`` tuples. All are validated before
+        anything is written; all are stored or none."""
+        specs = []
+        run_at = resolve_run_after(run_after)
+        builders: dict[str, _SpecBuilder] = {}
+        for call in calls:
+            args: Sequence[Any]
+            if isinstance(call, TaskCls):
+                name, args, kwargs = call.task.name, call.args, call.kwargs
+            else:
+                name, args, kwargs = call
+            builder = builders.get(name)
+            if builder is None:
+                builder = builders[name] = self._spec_builder(name, priority, queue)
+            specs.append(builder.build(args, kwargs, run_after=run_at))
+        if not specs:
+            return []
+        tasks = self.broker.add_many(specs)
+        if signals.task_enqueued.has_listeners(type(self)):
+            for task in tasks:
+                signals.task_enqueued.send(sender=type(self), task=task)
+        if self.settings.mode == "immediate":
+            tasks = self._run_immediately(tasks)
+        return tasks
+
+    def sync_get(self, uuid: uuid_lib.UUID | str) -> Task | None:
+        return self.broker.get(uuid)
+
+    def retry(self, uuid: uuid_lib.UUID | str) -> Task | None:
+        """Send a failed or cancelled task back to the queue for one more attempt (at
+        least); its error history is kept. Other tasks are left as they are."""
+        return self.broker.requeue(uuid)
+
+    def pause_queue(self, queue: str) -> None:
+        """Workers stop claiming from ``queue`` within a heartbeat interval; running tasks
+        finish, and new tasks wait."""
+        self.broker.set_queue_paused(validate_queue(queue, None), True)
+
+    def resume_queue(self, queue: str) -> None:
+        self.broker.set_queue_paused(validate_queue(queue, None), False)
+
+    def paused_queues(self) -> set[str]:
+        return self.broker.paused_queues()
+
+    def live_workers(self) -> dict[str, Any]:
+        """Worker id -> what it said in its last heartbeat (host, pid, queues, ...)."""
+        return self.broker.live_workers()
+
+    def sync_cancel(self, uuid: uuid_lib.UUID | str, reason: str = "") -> Task | None:
+        """Cancel a task: a waiting one at once (it never runs); a running one is asked to
+        stop and ends ``cancel`` at its next cancellation point (async tasks: at once)."""
+        return self.broker.cancel(uuid, reason)
+
+    def wait(self, uuid: uuid_lib.UUID | str, timeout: float | None = None) -> Task:
+        """Block until the task is finished; raise :class:`ResultTimeout` after ``timeout``."""
+        waiter = _Waiter(self, uuid, timeout)
+        while True:
+            step = waiter.check(self.broker.get(uuid))
+            if isinstance(step, Task):
+                return step
+            time.sleep(step)
+
+    async def await_result(self, uuid: uuid_lib.UUID | str, timeout: float | None = None) -> Task:
+        """The async twin of :meth:`wait`: polls without holding a thread between reads."""
+        waiter = _Waiter(self, uuid, timeout)
+        while True:
+            step = waiter.check(await sync_to_async(self.broker.get)(uuid))
+            if isinstance(step, Task):
+                return step
+            await asyncio.sleep(step)
+
+    # -- the worker side ---------------------------------------------------------------
+    def build_starter(
+        self,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        burst: bool = False,
+        poll_interval: float | None = None,
+        grace: float | None = None,
+        processes: int | None = None,
+        max_tasks_per_child: int | None = None,
+        verbosity: int = 1,
+        worker_class: type[BaseWorker] | None = None,
+        worker_options: dict[str, Any] | None = None,
+    ) -> Starter:
+        """The Starter for one worker process: the Worker and this app's Broker.
+
+        With ``processes``, the Worker is a :class:`~django_qtasks.pool.ProcessPoolWorker`
+        supervising that many children; otherwise the ``QTASKS['WORKER']`` class.
+        """
+        from django_qtasks.worker.pool import ProcessPoolWorker
+        from django_qtasks.worker.starter import Starter
+        from django_qtasks.worker.worker import BaseWorker
+
+        settings = self.settings
+        for queue in queues or ():
+            validate_queue(queue, settings.queues)
+        if not burst:
+            from django_qtasks.worker.scheduler import collect_schedules
+
+            collect_schedules(self)  # a bad schedule stops the worker before it starts
+        grace = settings.grace if grace is None else grace
+        options: dict[str, Any] = {
+            "queues": list(queues) if queues else None,
+            "concurrency": concurrency or settings.concurrency,
+            "burst": burst,
+            "poll_interval": settings.poll_interval if poll_interval is None else poll_interval,
+            **(worker_options or {}),
+        }
+        if processes:
+            worker_class = ProcessPoolWorker
+            options.update(
+                processes=processes,
+                max_tasks_per_child=max_tasks_per_child,
+                grace=grace,
+                verbosity=verbosity,
+            )
+        elif worker_class is None:
+            worker_class = import_component(settings, "worker", BaseWorker)
+        worker = worker_class(self, **options)
+        starter_cls = import_component(settings, "starter", Starter)
+        starter: Starter = starter_cls(worker=worker, broker=self.broker, grace=grace)
+        return starter
+
+
+class _Waiter:
+    """The decisions of waiting for a result, without the I/O (shared by sync and async)."""
+
+    def __init__(
+        self, app: BaseQueueTasks, uuid: uuid_lib.UUID | str, timeout: float | None
+    ) -> None:
+        app._check_can_wait()
+        self.uuid = uuid
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.delay = 0.005
+        self.max_delay = app.settings.result_poll_interval
+
+    def check(self, task: Task | None) -> Task | float:
+        """The finished task, or how long to sleep before reading again."""
+        if task is None:
+            raise TaskNotFound(f"No task with uuid {self.uuid}.")
+        if task.is_finished:
+            return task
+        remaining = None if self.deadline is None else self.deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise ResultTimeout(
+                f"Task {self.uuid} is still {task.status!r} after {self.timeout:g} s.", task=task
+            )
+        delay = self.delay if remaining is None else min(self.delay, remaining)
+        self.delay = min(self.delay * 2, self.max_delay)
+        return delay
+
+
+def _build_options(name: str, options: dict[str, Any]) -> TaskOptions:
+    """Validate ``@app.task(...)`` options once, at import time."""
+    if not isinstance(name, str) or not name:
+        raise TaskRegistrationError(f"A task name must be a non-empty string, got {name!r}.")
+    known = set(TaskOptions.__dataclass_fields__) - {"name"}
+    unknown = set(options) - known
+    if unknown:
+        raise TaskRegistrationError(
+            f"Unknown option(s) for task {name!r}: {', '.join(sorted(unknown))}. "
+            f"Known: {', '.join(sorted(known))}."
+        )
+    values = dict(options)
+    if values.get("priority") is not None:
+        validate_priority(values["priority"])
+    if values.get("queue") is not None:
+        validate_queue(values["queue"], None)
+    retry = values.get("retry")
+    if retry is not None and (isinstance(retry, bool) or not isinstance(retry, int) or retry < 0):
+        raise TaskRegistrationError(f"retry must be an integer >= 0, got {retry!r} ({name}).")
+    exc_types = values.get("retry_on_exc") or ()
+    if isinstance(exc_types, type):
+        exc_types = (exc_types,)
+    exc_types = tuple(exc_types)
+    if not all(isinstance(e, type) and issubclass(e, BaseException) for e in exc_types):
+        raise TaskRegistrationError(f"retry_on_exc must list exception classes ({name}).")
+    values["retry_on_exc"] = exc_types
+    for key in ("retry_backoff", "max_time"):
+        value = values.get(key)
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or value < 0
+            or (key == "max_time" and value == 0)
+        ):
+            raise TaskRegistrationError(f"{key} must be a positive number, got {value!r} ({name}).")
+    tags = values.get("tags") or ()
+    if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags):
+        raise TaskRegistrationError(f"tags must be a list of strings, got {tags!r} ({name}).")
+    values["tags"] = tuple(tags)
+    for key in ("middlewares_before", "middlewares_after"):
+        values[key] = tuple(resolve_middlewares(values.get(key) or ()))
+    executor = values.get("executor")
+    if executor is not None:
+        from django_qtasks.worker.executor import BaseTaskExecutor
+
+        if isinstance(executor, str):
+            executor = import_string(executor)
+        if not (isinstance(executor, type) and issubclass(executor, BaseTaskExecutor)):
+            raise TaskRegistrationError(f"executor must be a BaseTaskExecutor subclass ({name}).")
+        values["executor"] = executor
+    _check_cron_options(name, values)
+    check_concurrency_options(name, values)
+    return TaskOptions(name=name, **values)
+
+
+def _check_cron_options(name: str, values: dict[str, Any]) -> None:
+    """``cron=``, ``cron_tz=``, ``cron_catch_up=``: a bad expression or time zone fails
+    at import time, naming the task."""
+    cron, tz = values.get("cron"), values.get("cron_tz")
+    if cron is None:
+        if tz is not None or "cron_catch_up" in values:
+            raise TaskRegistrationError(f"cron_tz and cron_catch_up need cron= ({name}).")
+        return
+    try:
+        values["cron"] = validate_cron(cron)
+        if tz is not None:
+            validate_tz(tz)
+    except CronError as exc:
+        raise TaskRegistrationError(f"Task {name!r}: {exc}.") from None
+    if not isinstance(values.get("cron_catch_up", True), bool):
+        raise TaskRegistrationError(f"cron_catch_up must be True or False ({name}).")
+
+
+class QueueTasks(BaseQueueTasks):
+    """The sync app: ``@app.task``, ``app.add_task(name, ...)``, ``app.get(uuid)``."""
+
+    task_class = SyncTask
+
+    @overload
+    def task(self, func: Callable[..., Any], /) -> SyncTask: ...
+    @overload
+    def task(
+        self, func: None = None, /, **options: Any
+    ) -> Callable[[Callable[..., Any]], SyncTask]: ...
+    def task(
+        self, func: Callable[..., Any] | None = None, /, **options: Any
+    ) -> SyncTask | Callable[[Callable[..., Any]], SyncTask]:
+        """Register a function as a task: ``@app.task`` or ``@app.task(retry=3, ...)``."""
+        if func is not None:
+            return self._register(func, options)  # type: ignore[return-value]
+        return lambda f: self._register(f, dict(options))  # type: ignore[return-value]
+
+    def add_spec(self, spec: TaskSpec, *, timeout: float | None = None) -> Task:
+        return self.sync_add_spec(spec, timeout=timeout)
+
+    add_task = BaseQueueTasks.sync_add_task
+    add_tasks = BaseQueueTasks.sync_add_tasks
+    get = BaseQueueTasks.sync_get
+    cancel = BaseQueueTasks.sync_cancel
+
+
+class AsyncQueueTasks(BaseQueueTasks):
+    """The async twin: the same operations, awaited."""
+
+    task_class = AsyncTask
+
+    @overload
+    def task(self, func: Callable[..., Any], /) -> AsyncTask: ...
+    @overload
+    def task(
+        self, func: None = None, /, **options: Any
+    ) -> Callable[[Callable[..., Any]], AsyncTask]: ...
+    def task(
+        self, func: Callable[..., Any] | None = None, /, **options: Any
+    ) -> AsyncTask | Callable[[Callable[..., Any]], AsyncTask]:
+        if func is not None:
+            return self._register(func, options)  # type: ignore[return-value]
+        return lambda f: self._register(f, dict(options))  # type: ignore[return-value]
+
+    async def add_spec(self, spec: TaskSpec, *, timeout: float | None = None) -> Task:
+        return await sync_to_async(self.sync_add_spec)(spec, timeout=timeout)
+
+    async def add_task(self, task_name: str, *args: Any, **kwargs: Any) -> Task:
+        return await sync_to_async(self.sync_add_task)(task_name, *args, **kwargs)
+
+    async def add_tasks(self, calls: Iterable[Any], **options: Any) -> list[Task]:
+        return await sync_to_async(self.sync_add_tasks)(list(calls), **options)
+
+    async def get(self, uuid: uuid_lib.UUID | str) -> Task | None:
+        return await sync_to_async(self.sync_get)(uuid)
+
+    async def cancel(self, uuid: uuid_lib.UUID | str, reason: str = "") -> Task | None:
+        return await sync_to_async(self.sync_cancel)(uuid, reason)
+
+
+__all__ = ["AsyncQueueTasks", "QueueTasks", "TaskRegistry", "build_broker"]
