@@ -25,6 +25,7 @@ test: venv check test-sqlite
 check: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m django makemigrations --check --dry-run --settings tests.settings
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir $(DOCS_SITE)
 

@@ -65,3 +65,18 @@ class JSONFormatter(logging.Formatter):
 
 
 __all__ = ["JSONFormatter", "task_fields"]
+
+
+# manage.py's -v 0..3 as the level of the django_qtasks loggers.
+LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
+
+
+def configure_logging(verbosity: int) -> None:
+    """``-v`` sets the level of the ``django_qtasks`` loggers; a handler is added only
+    when the project's LOGGING set none, so Django's own configuration wins."""
+    logger = logging.getLogger("django_qtasks")
+    logger.setLevel(LEVELS.get(verbosity, logging.DEBUG))
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)

@@ -118,7 +118,7 @@ def run_child(
 ) -> None:
     """The child process, once Django is set up: one thread worker until told to stop."""
     from django_qtasks import app
-    from django_qtasks.management.commands.qtasks_worker import configure_logging
+    from django_qtasks.log import configure_logging
 
     configure_logging(spec["verbosity"])
     starter = app.build_starter(

@@ -11,8 +11,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_qtasks.exceptions import ConfigurationError, InvalidTaskCall
-
-LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
+from django_qtasks.log import configure_logging
 
 
 def _queues(value: str) -> list[str]:
@@ -137,13 +136,3 @@ def task_names(app: Any) -> list[str]:
         django_names = loaded_task_names()
     return list(dict.fromkeys([*app.registry.names(), *django_names]))
 
-
-def configure_logging(verbosity: int) -> None:
-    """``-v`` sets the level of the ``django_qtasks`` loggers; a handler is added only
-    when the project's LOGGING set none, so Django's own configuration wins."""
-    logger = logging.getLogger("django_qtasks")
-    logger.setLevel(LEVELS.get(verbosity, logging.DEBUG))
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
