@@ -14,16 +14,38 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/qtasks_bench"
 
 
-def fresh_database(url: str) -> None:
-    """Drop and create the scratch database named in ``url`` (PostgreSQL only)."""
-    import psycopg
+MARIADB_URL = "mysql://root@127.0.0.1:3306/qtasks_bench"
 
+
+def fresh_database(url: str, *, create: bool = True) -> None:
+    """Drop and create (or only drop) the scratch database named in ``url`` (PostgreSQL
+    or MariaDB)."""
     parts = urlparse(url)
     name = parts.path.lstrip("/")
+    if parts.scheme.startswith("mysql"):
+        import MySQLdb
+
+        conn = MySQLdb.connect(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 3306,
+            user=parts.username or "root",
+            password=parts.password or "",
+        )
+        try:
+            cursor = conn.cursor()
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            if create:
+                cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        finally:
+            conn.close()
+        return
+    import psycopg
+
     admin = parts._replace(path="/postgres").geturl()
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
+        if create:
+            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def setup_django(url: str, settings: str = "bench.settings") -> None:

@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_URL, ROOT, fresh_database
+from bench.common import DEFAULT_URL, MARIADB_URL, ROOT, fresh_database
 from bench.measure import ENQUEUE_TURN, MARKER, kill_marked, median, stop_group
 
 VENVS = ROOT / ".bench"
@@ -50,6 +50,8 @@ class System:
     #: each drain lasts seconds, not minutes (the column is a rate either way).
     drain_scale: float
     uses_postgres: bool = True
+    #: its scratch databases live on MariaDB (BENCH_MARIADB_URL) instead of PostgreSQL
+    mariadb: bool = False
     settings: str = ""
     version: str = ""
     #: the jobs (see jobs_for) this row is measured on; its other columns show "—"
@@ -64,9 +66,19 @@ class System:
         return VENVS / f"venv-{self.name}" / "bin" / "python"
 
 
-def ours(name: str, label: str, settings: str, args: str, measures: tuple[str, ...]) -> System:
+def ours(
+    name: str,
+    label: str,
+    settings: str,
+    args: str,
+    measures: tuple[str, ...],
+    *,
+    mariadb: bool = False,
+) -> System:
     env = {"BENCH_OURS_SETTINGS": settings, "BENCH_OURS_ARGS": args}
-    return System(name, label, "bench/ours_driver.py", 1.0, measures=measures, env=env)
+    return System(
+        name, label, "bench/ours_driver.py", 1.0, measures=measures, env=env, mariadb=mariadb
+    )
 
 
 SYSTEMS = [
@@ -95,6 +107,16 @@ SYSTEMS = [
         "--processes 2",
         ("drain1",),
     ),
+    # The defaults row again, on MariaDB: what the other database costs (it polls: no
+    # LISTEN/NOTIFY there, so idle pickup waits for POLL_INTERVAL, 1 s by default).
+    ours(
+        "ours-mariadb",
+        "django-qtasks defaults, MariaDB",
+        "bench.settings_defaults",
+        "",
+        ("enqueue", "bulk", "drain1", "drain2", "latency"),
+        mariadb=True,
+    ),
     System("djangotasks", "django-tasks-db", "bench/peers/djangotasks_driver.py", 0.025),
     System("procrastinate", "procrastinate", "bench/peers/procrastinate_driver.py", 0.1),
     System("celery", "Celery + Redis", "bench/peers/celery_driver.py", 0.25, uses_postgres=False),
@@ -103,7 +125,7 @@ SYSTEMS = [
     # with add_task() and enqueue() in one process.
     System("postgres", "PostgreSQL alone", "bench/pg_driver.py", 1.0, measures=("bulk",)),
 ]
-OURS = {"ours", "ours-c64", "ours-p2"}
+OURS = {"ours", "ours-c64", "ours-p2", "ours-mariadb"}
 OWN_VENV = {*OURS, "postgres"}  # run in our virtualenv
 PEER_PACKAGES = {
     "djangotasks": "django-tasks-db",
@@ -157,12 +179,14 @@ def jobs_for(system: System, sizes: Sizes) -> list[Job]:
     if system.name == "ours":
         enqueue.elsewhere[("postgres", "enqueue")] = "pg_rate"
     drain1 = {"drain1": "rate", "rss": "rss_mib", "cpu": "cpu_us"}
+    # Each pickup on MariaDB waits a whole poll (1 s): 20 of them tell as much as 200.
+    latency = min(sizes.latency, 20) if system.mariadb else sizes.latency
     return [
         enqueue,
         Job("bulk", "bulk", sizes.bulk, columns={"bulk": "rate"}),
         Job("drain1", "drain", drain, 1, columns=drain1),
         Job("drain2", "drain", drain, 2, columns={"drain2": "rate"}),
-        Job("latency", "latency", sizes.latency, columns={"p50": "p50_ms", "p99": "p99_ms"}),
+        Job("latency", "latency", latency, columns={"p50": "p50_ms", "p99": "p99_ms"}),
     ]
 
 
@@ -175,6 +199,7 @@ class Harness:
         self.systems = systems
         self.timeout = timeout
         self.base_url = url
+        self.mariadb_url = os.environ.get("BENCH_MARIADB_URL", MARIADB_URL)
         self.run_id = f"compare-{uuid.uuid4().hex[:12]}"
         self.logs = VENVS / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -183,7 +208,9 @@ class Harness:
         self.failures: dict[str, dict[str, str]] = {s.name: {} for s in systems}
 
     def url(self, system: System) -> str:
-        return urlparse(self.base_url)._replace(path=f"/qtasks_bench_{system.name}").geturl()
+        base = self.mariadb_url if system.mariadb else self.base_url
+        name = f"/qtasks_bench_{system.name.replace('-', '_')}"
+        return urlparse(base)._replace(path=name).geturl()
 
     def run_driver(self, system: System, args: list[str]) -> dict[str, Any]:
         """Run one driver command to its JSON line; Failed with the reason otherwise."""
@@ -309,13 +336,10 @@ class Harness:
                     self.measure(system, jobs_for(system, sizes)[index])
 
     def drop_databases(self) -> None:
-        import psycopg
-
-        admin = urlparse(self.base_url)._replace(path="/postgres").geturl()
-        with contextlib.suppress(psycopg.Error), psycopg.connect(admin, autocommit=True) as conn:
-            for system in self.systems:
-                name = f"qtasks_bench_{system.name}"
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for system in self.systems:
+            if system.uses_postgres:
+                with contextlib.suppress(Exception):
+                    fresh_database(self.url(system), create=False)
 
     # --- the table ----------------------------------------------------------------
 

@@ -40,7 +40,8 @@ class OursDriver(Driver):
         self.args = ARGS if args is None else args
         self.settings_module = settings
         flags = shlex.join(self.args) or "no flags"
-        self.settings = f"qtasks_worker {flags} ({settings}), LISTEN/NOTIFY"
+        wake = "polling" if self.url.startswith("mysql") else "LISTEN/NOTIFY"
+        self.settings = f"qtasks_worker {flags} ({settings}), {wake}"
 
     def prepare(self) -> None:
         setup_django(self.url, self.settings_module)  # migrates the fresh database
@@ -53,10 +54,12 @@ class OursDriver(Driver):
         self.app.add_task("bench.noop")
 
     def enqueue_ways(self) -> dict[str, Callable[[], None]]:
-        alone = PostgresDriver()
-        alone.connect()
-        self.alone = alone
-        ways = {"pg_rate": alone.enqueue_one, "rate": self.enqueue_one}
+        ways = {"rate": self.enqueue_one}
+        if not self.url.startswith("mysql"):  # the PostgreSQL-alone row's single enqueue
+            alone = PostgresDriver()
+            alone.connect()
+            self.alone = alone
+            ways["pg_rate"] = alone.enqueue_one
         try:
             from bench.benchapp.tasks import django_noop
         except ImportError:
