@@ -55,28 +55,42 @@ def test_a_task_blocked_in_c_is_ended_at_its_hard_time_limit(worker_processes, t
     assert finished(after).returning == 5
 
 
-def test_a_child_that_dies_has_its_task_rescued_at_once(worker_processes, tmp_path):
+def test_a_task_that_kills_its_child_every_time_ends_error_after_the_allowance(
+    worker_processes, tmp_path
+):
     with override_settings(QTASKS={"HEARTBEAT_TIMEOUT": 600, "HEARTBEAT_INTERVAL": 5}):
         doomed = tasks.hard_exit.add_task("boom")
     worker_processes.start("--processes", "1", *FAST, log=tmp_path / "log")
-    done = finished(doomed, timeout=30)  # far sooner than a 600 s heartbeat expiry
-    assert done.status == "error"  # no retries: the crash spent its only attempt
-    assert done.errors[-1]["message"] == "Task lost: its worker process died."
+    # Each death is rescued at once (far sooner than a 600 s heartbeat expiry), without
+    # spending the task's one attempt, until the rescue allowance (3) is spent.
+    done = finished(doomed, timeout=60)
+    assert done.status == "error"
+    assert Execution.objects.filter(key="boom").count() == 4
+    assert [e["attempt"] for e in done.errors] == [1, 1, 1, 1]
+    assert done.errors[-1]["message"] == (
+        "Task lost 4 times, more than QTASKS['MAX_RESCUES'] = 3 allows; the last time "
+        "its worker process died. It is not run again."
+    )
+    assert TaskRecord.objects.get(uuid=doomed.uuid).rescues == 4
     assert finished(tasks.add.add_task(1, 1)).status == "success"
 
 
 def test_sigkill_of_a_child_mid_task_reruns_the_task(worker_processes, tmp_path):
-    task = tasks.flaky.add_task("victim", 0)  # retries allowed, succeeds when it runs
+    task = tasks.flaky.add_task("victim", 0)
     slow = tasks.sleepy.add_task("slow", 0.2)
     del slow
-    blocker = tasks.stubborn.add_task("killme", 60)
+    release = tmp_path / "release"
+    blocker = tasks.wait_for_file.add_task("killme", str(release), 60)  # no retries
     worker_processes.start("--processes", "1", "--concurrency", "3", *FAST, log=tmp_path / "log")
     wait_until(lambda: Execution.objects.filter(key="killme").exists(), message="start")
     pid = wait_until(lambda: next(iter(child_pids()), None), message="a child")
     os.kill(pid, signal.SIGKILL)
+    release.touch()
     again = finished(blocker, timeout=30)
-    assert again.status == "error"  # stubborn has no retries; the crash spent it
-    assert again.errors[-1]["message"] == "Task lost: its worker process died."
+    # The crash was the worker's loss, not the task's: it ran again on its one attempt.
+    assert (again.status, again.attempt) == ("success", 1)
+    assert again.errors[-1]["message"].startswith("Task lost: its worker process died.")
+    assert Execution.objects.filter(key="killme").count() == 2  # at-least-once
     assert finished(task).status == "success"
     wait_until(lambda: child_pids() and pid not in child_pids(), message="a new child")
 
