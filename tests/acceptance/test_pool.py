@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 
@@ -10,6 +11,7 @@ from django.test import override_settings
 
 from django_qtasks import app
 from django_qtasks.models import TaskRecord
+from django_qtasks.worker.pool import ChildWorker
 from tests.helpers import wait_until
 from tests.testapp import tasks
 from tests.testapp.models import Execution
@@ -124,3 +126,31 @@ def test_sigterm_to_the_parent_lets_children_finish_their_tasks(worker_processes
     assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
     assert app.get(task.uuid).status == "success"
     wait_until(lambda: not app.broker.live_workers(), message="children to deregister")
+
+
+def test_the_parent_hears_only_of_tasks_it_may_have_to_end():
+    """A message per task start and end cost more than a short task: a child tells its
+    parent only of tasks with a hard time limit or a cancel, and never of a cancel
+    after its task's end (the parent would end the child for a finished task)."""
+    heard, said = multiprocessing.Pipe(duplex=False)
+    child = ChildWorker(app, to_parent=said, max_tasks=None, queues=None, concurrency=1)
+    plain, limited, cancelled, late = (tasks.add.add_task(1, 1) for _ in range(4))
+    child.on_task_start(plain, None)
+    child.on_task_end(plain)
+    child.on_task_start(limited, 5.0)
+    child.on_task_end(limited)
+    child.on_task_start(cancelled, None)
+    child.request_cancel({cancelled.uuid})
+    child.on_task_end(cancelled)
+    child.on_task_start(late, None)
+    child.on_task_end(late)
+    child.request_cancel({late.uuid})
+    messages = []
+    while heard.poll():
+        messages.append(heard.recv())
+    assert messages == [
+        ("start", str(limited.uuid), 5.0),
+        ("end", str(limited.uuid)),
+        ("cancel", str(cancelled.uuid)),
+        ("end", str(cancelled.uuid)),
+    ]
