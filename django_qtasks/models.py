@@ -201,7 +201,7 @@ class ConfigEntry(models.Model):
 
     class Meta:
         verbose_name = _("global config entry")
-        verbose_name_plural = _("global config")
+        verbose_name_plural = _("global config entries")
         ordering = ("name", "key")
         constraints = [
             models.UniqueConstraint(fields=["name", "key"], name="qtasks_config_name_key"),
