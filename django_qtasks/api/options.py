@@ -157,6 +157,39 @@ class EnqueueOptions:
         return (settings.default_priority if priority is None else priority), queue
 
 
+# The options of a call that gives none (most calls): built and checked once.
+NO_OPTIONS = EnqueueOptions()
+
+
+def enqueue_options(
+    priority: int | None = None,
+    queue: str | None = None,
+    run_after: RunAfter = None,
+    unique_key: str | None = None,
+    concurrency_key: str | None = None,
+    timeout: float | None = None,
+) -> EnqueueOptions:
+    """The options of one ``add_task()`` call; :data:`NO_OPTIONS` when it gives none,
+    so the common call builds and checks nothing (enqueueing is a hot path)."""
+    if (
+        priority is None
+        and queue is None
+        and run_after is None
+        and unique_key is None
+        and concurrency_key is None
+        and timeout is None
+    ):
+        return NO_OPTIONS
+    return EnqueueOptions(
+        priority=priority,
+        queue=queue,
+        run_after=run_after,
+        unique_key=unique_key,
+        concurrency_key=concurrency_key,
+        timeout=timeout,
+    )
+
+
 def check_call_shape(args: Any, kwargs: Any) -> tuple[list[Any], dict[str, Any]]:
     """Positional arguments as a list, keyword arguments as a dict of strings: a string
     given as the argument tuple, or a list as the keywords, is refused instead of being
@@ -215,9 +248,15 @@ def check_json(
             f"QTASKS['MAX_ARGS_SIZE'] ({max_bytes:,}). Store large data elsewhere (a file, "
             "a model) and pass its id."
         )
-    # Cheap tests on the text first: most calls hold neither many brackets nor escapes.
-    deep = sum(text.count(c) for text in encoded for c in "[{") > MAX_DEPTH
-    if deep or _SUSPECT_ESCAPE.search(encoded[0]) or _SUSPECT_ESCAPE.search(encoded[1]):
+    # Cheap tests on the text first (enqueueing is a hot path): nesting past the limit
+    # needs that many brackets, and a refused string an escape.
+    deep = size > MAX_DEPTH and sum(text.count(c) for text in encoded for c in "[{") > MAX_DEPTH
+    args_text, kwargs_text = encoded
+    if (
+        deep
+        or ("\\u" in args_text and _SUSPECT_ESCAPE.search(args_text))
+        or ("\\u" in kwargs_text and _SUSPECT_ESCAPE.search(kwargs_text))
+    ):
         for label, value in _labelled(args, kwargs):
             check_value(label, value)
     return encoded

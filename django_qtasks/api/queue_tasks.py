@@ -22,10 +22,12 @@ from django.utils.module_loading import import_string
 
 from django_qtasks import signals
 from django_qtasks.api.options import (
+    NO_OPTIONS,
     EnqueueOptions,
     RunAfter,
     check_call_shape,
     check_json,
+    enqueue_options,
     resolve_run_after,
     validate_key,
     validate_priority,
@@ -240,7 +242,7 @@ class BaseQueueTasks:
         """The row to store for one call, validated: ``options``, or the fields of an
         :class:`EnqueueOptions` as keywords (``priority=``, ``queue=``, ...)."""
         if options is None:
-            options = EnqueueOptions(**fields)
+            options = EnqueueOptions(**fields) if fields else NO_OPTIONS
         elif fields:
             raise TypeError("build_spec() takes options= or its fields, not both.")
         builder = self._spec_builder(task_name, options)
@@ -256,9 +258,12 @@ class BaseQueueTasks:
         """What every call of one task shares (options, defaults, validated queue and
         priority), resolved once: a bulk enqueue of many calls of one task pays for it
         once, not per call."""
-        validate_key("task_name", task_name)
         settings = self.settings
-        task = self.registry.get(task_name).options if task_name in self.registry else None
+        if task_name in self.registry:  # its name was checked when it was registered
+            task: TaskOptions | None = self.registry.get(task_name).options
+        else:
+            validate_key("task_name", task_name)
+            task = None
         priority, queue = options.defaults(task, settings)
         retry = task.retry if task and task.retry is not None else settings.default_retry
         return _SpecBuilder(
@@ -323,14 +328,7 @@ class BaseQueueTasks:
         concurrency_key: str | None = None,
         **kwargs: Any,
     ) -> Task:
-        options = EnqueueOptions(
-            priority=priority,
-            queue=queue,
-            run_after=run_after,
-            unique_key=unique_key,
-            concurrency_key=concurrency_key,
-            timeout=timeout,
-        )
+        options = enqueue_options(priority, queue, run_after, unique_key, concurrency_key, timeout)
         spec = self.build_spec(task_name, args, kwargs, options)
         return self.sync_add_spec(spec, timeout=timeout)
 
@@ -509,6 +507,10 @@ def _build_options(name: str, options: dict[str, Any]) -> TaskOptions:
     """Validate ``@app.task(...)`` options once, at import time."""
     if not isinstance(name, str) or not name:
         raise TaskRegistrationError(f"A task name must be a non-empty string, got {name!r}.")
+    try:
+        validate_key("task name", name)
+    except InvalidTaskCall as exc:
+        raise TaskRegistrationError(str(exc)) from None
     known = set(TaskOptions.__dataclass_fields__) - {"name"}
     unknown = set(options) - known
     if unknown:

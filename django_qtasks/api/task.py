@@ -19,6 +19,7 @@ from uuid import UUID
 from django_qtasks.api.options import EnqueueOptions as EnqueueOptions
 from django_qtasks.api.options import RunAfter as RunAfter
 from django_qtasks.api.options import check_json as check_json
+from django_qtasks.api.options import enqueue_options
 from django_qtasks.api.options import resolve_run_after as resolve_run_after
 from django_qtasks.api.options import validate_priority as validate_priority
 from django_qtasks.api.options import validate_queue as validate_queue
@@ -228,14 +229,7 @@ class SyncTask(BaseTask["QueueTasks"]):
         **kwargs: Any,
     ) -> Task:
         """Store a new task and return its snapshot (or, with ``timeout``, the finished task)."""
-        options = EnqueueOptions(
-            priority=priority,
-            queue=queue,
-            run_after=run_after,
-            unique_key=unique_key,
-            concurrency_key=concurrency_key,
-            timeout=timeout,
-        )
+        options = enqueue_options(priority, queue, run_after, unique_key, concurrency_key, timeout)
         return self.app.sync_add_spec(self.build_spec(args, kwargs, options), timeout=timeout)
 
     def add_tasks(
@@ -270,14 +264,7 @@ class AsyncTask(BaseTask["AsyncQueueTasks"]):
         concurrency_key: str | None = None,
         **kwargs: Any,
     ) -> Task:
-        options = EnqueueOptions(
-            priority=priority,
-            queue=queue,
-            run_after=run_after,
-            unique_key=unique_key,
-            concurrency_key=concurrency_key,
-            timeout=timeout,
-        )
+        options = enqueue_options(priority, queue, run_after, unique_key, concurrency_key, timeout)
         return await self.app.add_spec(self.build_spec(args, kwargs, options), timeout=timeout)
 
 
@@ -307,14 +294,7 @@ class TaskCls:
         concurrency_key: str | None = None,
     ) -> Any:
         """Enqueue the call; returns a ``Task`` (a coroutine of one for an ``AsyncTask``)."""
-        options = EnqueueOptions(
-            priority=priority,
-            queue=queue,
-            run_after=run_after,
-            unique_key=unique_key,
-            concurrency_key=concurrency_key,
-            timeout=timeout,
-        )
+        options = enqueue_options(priority, queue, run_after, unique_key, concurrency_key, timeout)
         spec = self.task.build_spec(self.args, self.kwargs, options)
         return self.task.app.add_spec(spec, timeout=timeout)
 
