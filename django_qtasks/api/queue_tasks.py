@@ -65,6 +65,11 @@ if TYPE_CHECKING:
     from django_qtasks.worker.worker import BaseWorker
 
 
+#: Spec builders an app keeps for single calls (task names x explicit priorities and
+#: queues in use); past it they are made again.
+MAX_BUILDERS = 512
+
+
 def build_broker(settings: QTasksSettings) -> BaseBroker:
     """Broker -> Storage -> GlobalConfig, each class taken from the settings."""
     global_config: BaseGlobalConfig = import_component(settings, "global_config", BaseGlobalConfig)(
@@ -126,6 +131,9 @@ class TaskRegistry:
         self._tasks: dict[str, BaseTask[Any]] = {}
         self._resolvers: list[tuple[str, Callable[[str], BaseTask[Any] | None]]] = []
         self._lock = threading.Lock()
+        #: Bumped whenever a name gets a task: what was worked out from the registry
+        #: before (the spec builders an app keeps) is stale then.
+        self.generation = 0
 
     def add_resolver(self, prefix: str, resolver: Callable[[str], BaseTask[Any] | None]) -> None:
         """Let names starting with ``prefix`` be looked up on demand by ``resolver``.
@@ -148,6 +156,7 @@ class TaskRegistry:
                     "give one of them another name=."
                 )
             self._tasks[task.name] = task
+            self.generation += 1
 
     def get(self, name: str) -> BaseTask[Any]:
         task = self._tasks.get(name)
@@ -158,7 +167,8 @@ class TaskRegistry:
                 task = resolver(name)
                 if task is not None:
                     with self._lock:
-                        self._tasks.setdefault(name, task)
+                        if self._tasks.setdefault(name, task) is task:
+                            self.generation += 1
                     return task
         raise TaskNotRegistered(
             f"No task named {name!r} is registered in this process. Is its module "
@@ -197,6 +207,9 @@ class BaseQueueTasks:
         self._broker: BaseBroker | None = None
         self._broker_settings: QTasksSettings | None = None
         self._lock = threading.Lock()
+        # ((settings, registry generation), {(task name, priority, queue): builder}):
+        # the spec builders kept for single calls (see _builder).
+        self._kept_builders: tuple[tuple[object, int], dict[Any, _SpecBuilder]] | None = None
 
     # -- configuration ---------------------------------------------------------------
     @property
@@ -245,14 +258,36 @@ class BaseQueueTasks:
             options = EnqueueOptions(**fields) if fields else NO_OPTIONS
         elif fields:
             raise TypeError("build_spec() takes options= or its fields, not both.")
-        builder = self._spec_builder(task_name, options)
-        return builder.build(
+        return self._builder(task_name, options).build(
             args,
             kwargs,
             run_after=resolve_run_after(options.run_after),
             unique_key=options.unique_key,
             concurrency_key=options.concurrency_key,
         )
+
+    def _builder(self, task_name: str, options: EnqueueOptions) -> _SpecBuilder:
+        """The spec builder of a single call, kept: resolving the options and checking
+        the queue and priority again on every ``add_task()`` cost a tenth of what the
+        library adds to the INSERT. A builder depends only on the settings object and
+        the registry, so the kept ones go when either changes; a builder is made only
+        for a valid call (an invalid one raises as before, every time)."""
+        if not isinstance(task_name, str):  # before it is used as a key
+            validate_key("task_name", task_name)
+        settings, generation = self.settings, self.registry.generation
+        kept = self._kept_builders
+        if (
+            kept is None
+            or kept[0][0] is not settings
+            or kept[0][1] != generation
+            or len(kept[1]) >= MAX_BUILDERS
+        ):
+            kept = self._kept_builders = ((settings, generation), {})
+        key = (task_name, options.priority, options.queue)
+        builder = kept[1].get(key)
+        if builder is None:
+            builder = kept[1][key] = self._spec_builder(task_name, options)
+        return builder
 
     def _spec_builder(self, task_name: str, options: EnqueueOptions) -> _SpecBuilder:
         """What every call of one task shares (options, defaults, validated queue and
