@@ -258,9 +258,7 @@ class MySQLStorage(DjangoStorage):
             if not uuids:
                 return []
             marks = ", ".join(["%s"] * len(uuids))
-            cursor.execute(
-                f"UPDATE {table} SET {sets} WHERE uuid IN ({marks})", [*params, *uuids]
-            )
+            cursor.execute(f"UPDATE {table} SET {sets} WHERE uuid IN ({marks})", [*params, *uuids])
             cursor.execute(f"SELECT uuid, status FROM {table} WHERE uuid IN ({marks})", uuids)
             return [(_as_uuid(uuid), status) for uuid, status in cursor.fetchall()]
 

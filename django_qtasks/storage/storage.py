@@ -244,8 +244,15 @@ def _pg_insert_one_sql() -> str:
 # literals, and one timestamp fills run_after, created_at and updated_at. Each bound
 # parameter costs psycopg a dump and the server an input conversion, every call.
 _PLAIN = {
-    "uuid": 0, "name": 1, "queue": 2, "priority": 3, "args": 5, "kwargs": 6, "retries": 7,
-    "now": 9, "tags": 12,
+    "uuid": 0,
+    "name": 1,
+    "queue": 2,
+    "priority": 3,
+    "args": 5,
+    "kwargs": 6,
+    "retries": 7,
+    "now": 9,
+    "tags": 12,
 }  # fmt: skip  (parameter name: its position in an _INSERT_COLUMNS row)
 _PLAIN_VALUES = {
     "uuid": "%(uuid)s::uuid", "task_name": "%(name)s::text", "queue": "%(queue)s::text",

@@ -97,9 +97,7 @@ class ChildWorker(ThreadWorker):
 
     def request_cancel(self, uuids: set[uuid_lib.UUID]) -> None:
         super().request_cancel(uuids)
-        with self._changed:
-            running = [u for u in uuids if u in self._running]
-        for uuid in running:
+        for uuid in self.slots.holds(uuids):
             self.send("cancel", str(uuid))
 
 
