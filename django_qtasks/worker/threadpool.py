@@ -42,7 +42,7 @@ class ThreadPool:
         self.on_bug = on_bug
         # SimpleQueue: a C queue without a Condition; the hand-offs are on the hot path.
         self._inbox: queue_lib.SimpleQueue[Task | None] = queue_lib.SimpleQueue()
-        self._threads: list[threading.Thread] = []
+        self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
         for number in range(self.size):
@@ -50,16 +50,16 @@ class ThreadPool:
                 target=self._main, name=f"qtasks-worker-{number}", daemon=True
             )
             thread.start()
-            self._threads.append(thread)
+            self.threads.append(thread)
 
     def stop(self, deadline: float) -> None:
         """Ask every thread to end once idle and wait until ``deadline`` (monotonic);
         threads still busy then (after a forced stop) are left behind."""
-        for _ in self._threads:
+        for _ in self.threads:
             self._inbox.put(None)
-        for thread in self._threads:
+        for thread in self.threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        self._threads = [t for t in self._threads if t.is_alive()]
+        self.threads = [t for t in self.threads if t.is_alive()]
 
     def put(self, task: Task) -> None:
         self._inbox.put(task)

@@ -33,8 +33,9 @@ def child_pids() -> set[int]:
 
 def test_a_burst_pool_runs_every_task_once_across_its_children(worker_processes, tmp_path):
     queued = [tasks.record.add_task(f"p{i}") for i in range(60)]
-    proc = worker_processes.start("--processes", "2", "--concurrency", "2", "--burst", *FAST,
-                                  log=tmp_path / "log")
+    proc = worker_processes.start(
+        "--processes", "2", "--concurrency", "2", "--burst", *FAST, log=tmp_path / "log"
+    )
     assert proc.wait(timeout=90) == 0, (tmp_path / "log").read_text()[-3000:]
     assert {app.get(t.uuid).status for t in queued} == {"success"}
     assert Execution.objects.count() == 60
@@ -94,8 +95,16 @@ def test_a_cancelled_task_that_ignores_it_is_ended_by_force(worker_processes, tm
 
 def test_children_are_replaced_after_max_tasks(worker_processes, tmp_path):
     queued = [tasks.pid.add_task() for _ in range(9)]
-    proc = worker_processes.start("--processes", "1", "--concurrency", "1",
-                                  "--max-tasks-per-child", "3", *FAST, log=tmp_path / "log")
+    proc = worker_processes.start(
+        "--processes",
+        "1",
+        "--concurrency",
+        "1",
+        "--max-tasks-per-child",
+        "3",
+        *FAST,
+        log=tmp_path / "log",
+    )
     pids = {finished(t).returning for t in queued}
     assert len(pids) == 3
     assert proc.poll() is None

@@ -49,8 +49,9 @@ def holding_worker(
     with transaction.atomic():
         long = app.add_task("tests.wait_for_file", "long", str(tmp_path / "release"), priority=10)
         quick = [
-            (app.add_task("tests.flaky", key, 0) if retry else app.add_task("tests.record", key))
-            .uuid
+            (
+                app.add_task("tests.flaky", key, 0) if retry else app.add_task("tests.record", key)
+            ).uuid
             for key in QUICK
         ]
     wait_until(lambda: Execution.objects.filter(key="long").exists(), message="the long task")

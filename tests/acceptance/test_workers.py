@@ -39,8 +39,11 @@ def log_text(path: Path) -> str:
 
 
 def wait_for_log(path: Path, needle: str, timeout: float = 30) -> None:
-    wait_until(lambda: needle in log_text(path), timeout=timeout,
-               message=f"{needle!r} in the worker log {path}")
+    wait_until(
+        lambda: needle in log_text(path),
+        timeout=timeout,
+        message=f"{needle!r} in the worker log {path}",
+    )
 
 
 def exit_code(proc: subprocess.Popen[bytes], log: Path | None = None, timeout: float = 30) -> int:
@@ -235,7 +238,7 @@ def test_an_unregistered_task_name_ends_in_error_and_the_worker_goes_on(
 
 # -- SQLite -------------------------------------------------------------------------------
 def test_a_worker_starting_while_another_sqlite_writer_holds_the_lock_waits_for_it(
-    run_worker: Callable[..., int]
+    run_worker: Callable[..., int],
 ) -> None:
     """Another connection writing when a worker starts must not kill the worker.
 

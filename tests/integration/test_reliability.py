@@ -21,15 +21,23 @@ def stale_running(worker_id: str, *, attempt: int = 1, max_retries: int = 2) -> 
     """A row as a worker that died mid-task leaves it."""
     now = timezone.now()
     return TaskRecord.objects.create(
-        task_name="tests.record", args=["x"], status="process", worker_id=worker_id,
-        attempt=attempt, max_retries=max_retries, run_after=now, created_at=now,
-        updated_at=now, started_at=now,
+        task_name="tests.record",
+        args=["x"],
+        status="process",
+        worker_id=worker_id,
+        attempt=attempt,
+        max_retries=max_retries,
+        run_after=now,
+        created_at=now,
+        updated_at=now,
+        started_at=now,
     )
 
 
 def beat(worker_id: str, seconds: float) -> None:
     ConfigEntry.objects.update_or_create(
-        name="workers", key=worker_id,
+        name="workers",
+        key=worker_id,
         defaults={"value": {}, "expires_at": timezone.now() + dt.timedelta(seconds=seconds)},
     )
 
@@ -42,11 +50,16 @@ def test_tasks_of_a_dead_worker_go_back_to_retry_with_the_reason():
     lost.refresh_from_db()
     assert (lost.status, lost.attempt, lost.finished_at) == ("retry", 1, None)
     assert lost.worker_id == "dead-worker"
-    assert lost.errors == [{
-        "attempt": 1, "at": lost.errors[0]["at"], "worker_id": "dead-worker",
-        "type": "django_qtasks.exceptions.WorkerLost",
-        "message": "Task lost: its worker stopped sending heartbeats.", "traceback": "",
-    }]
+    assert lost.errors == [
+        {
+            "attempt": 1,
+            "at": lost.errors[0]["at"],
+            "worker_id": "dead-worker",
+            "type": "django_qtasks.exceptions.WorkerLost",
+            "message": "Task lost: its worker stopped sending heartbeats.",
+            "traceback": "",
+        }
+    ]
     assert lost.run_after <= timezone.now()
 
 
@@ -219,4 +232,4 @@ def test_when_the_grace_runs_out_unfinished_tasks_are_handed_back(worker_thread,
     assert handed_back.errors[-1]["message"] == "Task lost: its worker left before it finished."
     # Let the abandoned thread end, so that it lets go of the test database.
     release.touch()
-    wait_until(lambda: not any(t.is_alive() for t in starter.worker._threads), message="thread")
+    wait_until(lambda: not any(t.is_alive() for t in starter.worker.pool.threads), message="thread")
