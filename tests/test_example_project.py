@@ -131,21 +131,13 @@ def example_site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Exa
     }
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        timeout=60,
+        cwd=ROOT, env=env, check=True, timeout=60,
     )
     log = tmp_path / "run-example.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            ["bash", str(SCRIPT)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            ["bash", str(SCRIPT)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
             preexec_fn=_ignore_sigint if sigint == "ignored" else None,
         )
     site = ExampleSite(proc=proc, port=int(env["PORT"]), log=log)
@@ -213,9 +205,8 @@ def test_make_run_serves_the_demo_and_runs_its_tasks(example_site: ExampleSite) 
         row = next((row for row in feed()["tasks"] if row["uuid"] == uuid), None)
         return row if row and row["status"] in {"success", "error", "cancel"} else None
 
-    row = wait_until(
-        lambda: finished_row(uuid), timeout=15, interval=0.1, message="the task to finish"
-    )
+    row = wait_until(lambda: finished_row(uuid), timeout=15, interval=0.1,
+                     message="the task to finish")
     assert row["status"] == "success", row
     assert row["result"] == "42"
     assert row["call"] == "add_numbers(20, 22)"
@@ -236,11 +227,8 @@ def test_make_run_serves_the_demo_and_runs_its_tasks(example_site: ExampleSite) 
     # The login the banner promises works, and the admin lists the task.
     _, login_page = browser.get("/admin/login/")
     assert "csrfmiddlewaretoken" in login_page
-    url, _ = browser.submit(
-        "/admin/login/",
-        "/admin/login/?next=/admin/",
-        {"username": "admin", "password": "admin", "next": "/admin/"},
-    )
+    url, _ = browser.submit("/admin/login/", "/admin/login/?next=/admin/",
+                            {"username": "admin", "password": "admin", "next": "/admin/"})
     assert url == f"{site.url}/admin/", "admin/admin should log in"
     url, changelist = browser.get("/admin/django_qtasks/taskrecord/")
     assert url.endswith("/admin/django_qtasks/taskrecord/")

@@ -152,7 +152,9 @@ class DjangoGlobalConfig(BaseGlobalConfig):
                 rows = lock()
             target = rows.pop(key)
             now = timezone.now()
-            current = target.value if target.expires_at is None or target.expires_at > now else None
+            current = (
+                target.value if target.expires_at is None or target.expires_at > now else None
+            )
             target.value = combine(current, [row.value for row in rows.values()])
             target.expires_at = None
             target.save(update_fields=["value", "expires_at", "updated_at"])

@@ -42,6 +42,7 @@ from django_qtasks.storage.concurrency import LOCK_CLASS, lock_key
 from django_qtasks.storage.db import DEADLOCK, is_lock_conflict, mysql_error_code
 from django_qtasks.storage.storage import (
     DjangoStorage,
+    Message,
     _as_uuid,
     _claim_order,
 )
@@ -244,7 +245,7 @@ class MySQLStorage(DjangoStorage):
         where: str,
         where_params: list[Any],
         error_type: str,
-        message: str,
+        message: Message,
     ) -> list[tuple[uuid_lib.UUID, str]]:
         """The rows are locked and read first (``FOR UPDATE``), then updated by primary
         key (no RETURNING), then their new status read back, in one transaction."""
@@ -258,7 +259,9 @@ class MySQLStorage(DjangoStorage):
             if not uuids:
                 return []
             marks = ", ".join(["%s"] * len(uuids))
-            cursor.execute(f"UPDATE {table} SET {sets} WHERE uuid IN ({marks})", [*params, *uuids])
+            cursor.execute(
+                f"UPDATE {table} SET {sets} WHERE uuid IN ({marks})", [*params, *uuids]
+            )
             cursor.execute(f"SELECT uuid, status FROM {table} WHERE uuid IN ({marks})", uuids)
             return [(_as_uuid(uuid), status) for uuid, status in cursor.fetchall()]
 

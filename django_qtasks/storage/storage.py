@@ -59,6 +59,20 @@ WORKERS = "workers"  # the GlobalConfig name under which workers keep their hear
 QUEUES = "queues"  # ... and under which paused queues are flagged
 WORKER_LOST = "django_qtasks.exceptions.WorkerLost"
 CANCELLED = "django_qtasks.exceptions.TaskCancelled"
+# A message for an error entry: plain text, or an SQL expression and its parameters.
+Message = str | tuple[str, list[Any]]
+
+
+def lost_for_good(why: str, allowance: int) -> str:
+    """The message of a task whose run was lost once more than ``MAX_RESCUES`` allows."""
+    times = allowance + 1
+    return (
+        f"Task lost {times} time{'s' if times != 1 else ''}, more than "
+        f"QTASKS['MAX_RESCUES'] = {allowance} allows; the last time {why}. "
+        "It is not run again."
+    )
+
+
 # What a new row's INSERT fills from the task (with its PostgreSQL type), then the
 # constants of every new task.
 _INSERT_TYPES = {
@@ -244,15 +258,8 @@ def _pg_insert_one_sql() -> str:
 # literals, and one timestamp fills run_after, created_at and updated_at. Each bound
 # parameter costs psycopg a dump and the server an input conversion, every call.
 _PLAIN = {
-    "uuid": 0,
-    "name": 1,
-    "queue": 2,
-    "priority": 3,
-    "args": 5,
-    "kwargs": 6,
-    "retries": 7,
-    "now": 9,
-    "tags": 12,
+    "uuid": 0, "name": 1, "queue": 2, "priority": 3, "args": 5, "kwargs": 6, "retries": 7,
+    "now": 9, "tags": 12,
 }  # fmt: skip  (parameter name: its position in an _INSERT_COLUMNS row)
 _PLAIN_VALUES = {
     "uuid": "%(uuid)s::uuid", "task_name": "%(name)s::text", "queue": "%(queue)s::text",
@@ -397,10 +404,12 @@ class BaseStorage(ABC):
         returns ``(uuid, new status)`` pairs. Safe to run from many processes at once.
 
         Without ``worker_id``: every task whose worker has no live heartbeat. With it:
-        that worker's tasks (but those in ``keep``), whatever its heartbeat.
-        ``crashed`` tasks spend their attempt and end ``error`` when none is left, so a
-        task that keeps killing its worker stops; tasks handed back (``crashed=False``)
-        keep their attempt.
+        that worker's tasks (but those in ``keep``), whatever its heartbeat; ``crashed``
+        says whether the worker died or left (the reason recorded).
+        A lost run is the worker's loss, not the task's: it keeps its attempt (the
+        user's retries stay whole) and counts one rescue instead. A task already
+        rescued ``QTASKS["MAX_RESCUES"]`` times ends ``error``, so a task that keeps
+        killing its worker stops.
         """
 
     @abstractmethod
@@ -1010,7 +1019,7 @@ class DjangoStorage(BaseStorage):
         where: str,
         where_params: list[Any],
         error_type: str,
-        message: str,
+        message: Message,
     ) -> list[tuple[uuid_lib.UUID, str]]:
         """One ``UPDATE`` that also appends an entry to ``errors``; returns (uuid, status).
 
@@ -1027,11 +1036,12 @@ class DjangoStorage(BaseStorage):
             return [(_as_uuid(uuid), status) for uuid, status in cursor.fetchall()]
 
     def _error_update_sets(
-        self, assignments: list[tuple[str, Any]], error_type: str, message: str
+        self, assignments: list[tuple[str, Any]], error_type: str, message: Message
     ) -> tuple[str, list[Any]]:
         """The SET list of :meth:`_update_with_error` and its parameters. The error
         entry comes first: MariaDB evaluates a SET list left to right (each assignment
-        sees those before it), the others all from the row as it was."""
+        sees those before it), the others all from the row as it was. ``message`` is
+        a string, or an SQL expression and its parameters (one message per row)."""
         connection = connections[self.alias]
         vendor = connection.vendor
         now = timezone.now()
@@ -1039,12 +1049,13 @@ class DjangoStorage(BaseStorage):
         build = {"postgresql": "jsonb_build_object", "mysql": "JSON_OBJECT"}.get(
             vendor, "json_object"
         )
+        message_sql, message_params = ("%s", [message]) if isinstance(message, str) else message
         entry = (
             f"{build}('attempt', attempt, 'at', %s, 'worker_id', worker_id, 'type', %s, "
-            "'message', %s, 'traceback', '')"
+            f"'message', {message_sql}, 'traceback', '')"
         )
         sets = [f"errors = {_errors_plus(vendor, entry)}"]
-        params: list[Any] = [now.isoformat(), error_type, message]
+        params: list[Any] = [now.isoformat(), error_type, *message_params]
         for sql, values in [*assignments, ("updated_at = %s", [db_now])]:
             sets.append(sql)
             params.extend(db_now if value is _NOW else value for value in values)
@@ -1079,35 +1090,58 @@ class DjangoStorage(BaseStorage):
             pk = TaskRecord._meta.pk
             where += f" AND uuid NOT IN ({', '.join(['%s'] * len(keep))})"
             where_params += [pk.get_db_prep_value(u, connection) for u in keep]
-        if crashed:
-            left = "attempt <= max_retries"
-            assignments: list[tuple[str, Any]] = [
-                (
-                    f"status = CASE WHEN {left} THEN %s ELSE %s END",
-                    [TaskStatus.RETRY, TaskStatus.ERROR],
-                ),
-                (f"finished_at = CASE WHEN {left} THEN NULL ELSE %s END", [_NOW]),
-            ]
-        else:
-            assignments = [("status = %s", [TaskStatus.RETRY]), ("attempt = attempt - 1", [])]
-        message = f"Task lost: {why}."
-        assignments += [("run_after = %s", [_NOW]), ("traceback = %s", [message])]
+        return self._rescue_where(where, where_params, why)
+
+    def _rescue_where(
+        self, where: str, where_params: list[Any], why: str, *, delay: float = 0.0
+    ) -> list[tuple[uuid_lib.UUID, str]]:
+        """Send the rows of ``where`` back to waiting, their attempt unspent and their
+        ``rescues`` counted, due in ``delay`` seconds; a row already rescued
+        ``MAX_RESCUES`` times ends ``error`` instead (a task that keeps killing its
+        worker must stop). One statement: safe to run from many workers at once."""
+        connection = connections[self.alias]
+        allowance = self.settings.max_rescues
+        spent = "rescues >= %s"
+        rescued = f"Task lost: {why}. Rescued: back to the queue without spending an attempt."
+        final = lost_for_good(why, allowance)
+        due = connection.ops.adapt_datetimefield_value(
+            timezone.now() + dt.timedelta(seconds=delay)
+        )
+        message = (f"CASE WHEN {spent} THEN %s ELSE %s END", [allowance, final, rescued])
+        # Every expression reads ``rescues`` before its increment (MariaDB evaluates a
+        # SET list left to right): the increment comes last.
+        assignments: list[tuple[str, Any]] = [
+            (f"status = CASE WHEN {spent} THEN %s ELSE %s END",
+             [allowance, TaskStatus.ERROR.value, TaskStatus.RETRY.value]),
+            (f"finished_at = CASE WHEN {spent} THEN %s ELSE NULL END", [allowance, _NOW]),
+            (f"attempt = CASE WHEN {spent} THEN attempt ELSE attempt - 1 END", [allowance]),
+            ("run_after = %s", [due]),
+            (f"traceback = {message[0]}", message[1]),
+            ("rescues = rescues + 1", []),
+        ]  # fmt: skip
         with transaction.atomic(using=self.alias):
-            rescued = self._update_with_error(
+            changed = self._update_with_error(
                 assignments, where, where_params, WORKER_LOST, message
             )
-            failed = [uuid for uuid, status in rescued if status == TaskStatus.ERROR]
+            failed = [uuid for uuid, status in changed if status == TaskStatus.ERROR]
             if failed:
                 self._cancel_flows_after(failed)
-        for uuid, status in rescued:
-            logger.warning(
-                "Task %s rescued to %r: %s",
-                uuid,
-                status,
-                why,
-                extra={"action": "rescue", "task_uuid": str(uuid), "status": status},
-            )
-        return rescued
+        for uuid, status in changed:
+            if status == TaskStatus.ERROR:
+                logger.error(
+                    "Task %s lost for good: %s",
+                    uuid,
+                    final,
+                    extra={"action": "lost_for_good", "task_uuid": str(uuid), "status": status},
+                )
+            else:
+                logger.warning(
+                    "Task %s rescued: %s; back to the queue without spending an attempt",
+                    uuid,
+                    why,
+                    extra={"action": "rescue", "task_uuid": str(uuid), "status": status},
+                )
+        return changed
 
     def release(self, worker_id: str, uuids: Collection[uuid_lib.UUID]) -> int:
         if not uuids:

@@ -39,11 +39,8 @@ def log_text(path: Path) -> str:
 
 
 def wait_for_log(path: Path, needle: str, timeout: float = 30) -> None:
-    wait_until(
-        lambda: needle in log_text(path),
-        timeout=timeout,
-        message=f"{needle!r} in the worker log {path}",
-    )
+    wait_until(lambda: needle in log_text(path), timeout=timeout,
+               message=f"{needle!r} in the worker log {path}")
 
 
 def exit_code(proc: subprocess.Popen[bytes], log: Path | None = None, timeout: float = 30) -> int:
@@ -188,7 +185,12 @@ def test_a_second_sigterm_leaves_at_once_and_hands_the_task_back(
     row = TaskRecord.objects.get(uuid=running)
     assert (row.status, row.attempt, row.finished_at) == ("retry", 0, None), log_text(log)
     assert [(e["type"], e["message"], e["attempt"]) for e in row.errors] == [
-        ("django_qtasks.exceptions.WorkerLost", "Task lost: its worker left before it finished.", 1)
+        (
+            "django_qtasks.exceptions.WorkerLost",
+            "Task lost: its worker left before it finished. Rescued: back to the queue "
+            "without spending an attempt.",
+            1,
+        )
     ]
 
     # At-least-once: another worker runs it again, to the end.
@@ -238,7 +240,7 @@ def test_an_unregistered_task_name_ends_in_error_and_the_worker_goes_on(
 
 # -- SQLite -------------------------------------------------------------------------------
 def test_a_worker_starting_while_another_sqlite_writer_holds_the_lock_waits_for_it(
-    run_worker: Callable[..., int],
+    run_worker: Callable[..., int]
 ) -> None:
     """Another connection writing when a worker starts must not kill the worker.
 

@@ -187,23 +187,14 @@ def test_the_admin_fits_the_window_with_the_sidebar_open(
     }
     tick = timezone.now().replace(microsecond=0) - dt.timedelta(seconds=5)
     ScheduleRun.objects.create(
-        schedule="every-10-s",
-        tick=tick,
-        task_uuid=failed.uuid,
-        task_name="tests.record",
+        schedule="every-10-s", tick=tick, task_uuid=failed.uuid, task_name="tests.record",
         enqueued_at=tick,
     )
     now = timezone.now()
     app.broker.heartbeat(
         "web-1:4242",
-        {
-            "host": "web-1",
-            "pid": 4242,
-            "queues": None,
-            "concurrency": 4,
-            "running": 1,
-            "last_beat": (now - dt.timedelta(seconds=2)).isoformat(),
-        },
+        {"host": "web-1", "pid": 4242, "queues": None, "concurrency": 4, "running": 1,
+         "last_beat": (now - dt.timedelta(seconds=2)).isoformat()},
         ttl=60,
     )
     page = logged_in(chromium, live_server.url, width, sidebar=True)

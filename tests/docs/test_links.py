@@ -42,8 +42,7 @@ def references() -> list[tuple[str, str, str | None]]:
     files = [ROOT / name for name in SOURCE_FILES]
     for folder in SOURCES:
         files += [
-            p
-            for p in (ROOT / folder).rglob("*")
+            p for p in (ROOT / folder).rglob("*")
             if p.is_file() and p.suffix in {".py", ".sh", ".md", ".html", ".toml", ".txt"}
         ]
     found = []

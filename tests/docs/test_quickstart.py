@@ -84,13 +84,8 @@ class Project:
 
     def run(self, line: str, where: str) -> str:
         done = subprocess.run(
-            self.argv(line, where),
-            cwd=self.root,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
+            self.argv(line, where), cwd=self.root, env=self.env, capture_output=True,
+            text=True, timeout=120, stdin=subprocess.DEVNULL,
         )
         output = done.stdout + done.stderr
         assert done.returncode == 0, f"{where}: {line} failed:\n{output}"
@@ -100,13 +95,8 @@ class Project:
     def start_worker(self, line: str, where: str) -> None:
         with self.worker_log.open("wb") as log:
             self.worker = subprocess.Popen(
-                self.argv(line, where),
-                cwd=self.root,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                self.argv(line, where), cwd=self.root, env=self.env, stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
 
         def started() -> bool:
@@ -138,13 +128,8 @@ class Project:
         # manage.py shell -c takes no script arguments: the session's path goes in the code.
         code = RUN_DOCTEST.replace("sys.argv[1]", repr(str(session)))
         done = subprocess.run(
-            [sys.executable, "manage.py", "shell", "-v", "0", "-c", code],
-            cwd=self.root,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
+            [sys.executable, "manage.py", "shell", "-v", "0", "-c", code], cwd=self.root,
+            env=self.env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
         )
         output = done.stdout + done.stderr
         assert done.returncode == 0, f"{block.where}:\n{output}"
@@ -216,13 +201,8 @@ def test_the_quickstart_runs_as_written(tmp_path: Path) -> None:
     with (tmp_path / "mysite" / "settings.py").open("a") as out:
         out.write('\nINSTALLED_APPS.remove("django_qtasks")\n')
     done = subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        cwd=tmp_path,
-        env=project.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
+        [sys.executable, "manage.py", "check"], cwd=tmp_path, env=project.env,
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )
     assert done.returncode != 0
     assert "'django_qtasks' is not in INSTALLED_APPS" in done.stderr, done.stderr

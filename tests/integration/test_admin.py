@@ -343,6 +343,7 @@ def test_the_config_page_lists_workers_and_queues(admin_client, make_task):
     assert "expired" in html
     assert 'data-queue="reports"' in html
     assert queue_url("reports", "pause") in html
+    assert "2 global config entries" in html  # not "2 global config"
 
 
 # -- the dashboard ----------------------------------------------------------------------------
@@ -497,7 +498,9 @@ def test_postgres_estimates_the_unfiltered_list(admin_client, make_task, monkeyp
 # -- newcomer-facing details: times to the second, cancel feedback, GlobalConfig ------------
 def test_every_task_time_has_its_seconds(admin_client, make_task):
     earlier = timezone.now() - dt.timedelta(days=3)
-    task = make_task(status="success", created_at=earlier, started_at=earlier, finished_at=earlier)
+    task = make_task(
+        status="success", created_at=earlier, started_at=earlier, finished_at=earlier
+    )
     clock = timezone.localtime(earlier).strftime("%H:%M:%S")
     assert clock in admin_client.get(CHANGELIST).content.decode()  # an older day, too
     page = admin_client.get(change_url(task)).content.decode()

@@ -55,13 +55,8 @@ def status_of(uuid: uuid_lib.UUID) -> str:
 def waiting_records(count: int, key_prefix: str = "k") -> list[TaskRecord]:
     now = timezone.now()
     return [
-        TaskRecord(
-            task_name="tests.record",
-            args=[f"{key_prefix}{n}"],
-            run_after=now,
-            created_at=now,
-            updated_at=now,
-        )
+        TaskRecord(task_name="tests.record", args=[f"{key_prefix}{n}"], run_after=now,
+                   created_at=now, updated_at=now)
         for n in range(count)
     ]
 
@@ -182,10 +177,7 @@ def test_a_claim_marks_rows_process_for_this_worker() -> None:
         assert row.updated_at == row.started_at
         snapshot = claimed[uuid]
         assert (snapshot.status, snapshot.worker_id, snapshot.attempt, snapshot.started_at) == (
-            row.status,
-            row.worker_id,
-            row.attempt,
-            row.started_at,
+            row.status, row.worker_id, row.attempt, row.started_at
         )
     row = TaskRecord.objects.get(uuid=untouched)
     assert (row.status, row.worker_id, row.attempt, row.started_at) == ("new", "", 0, None)

@@ -59,7 +59,9 @@ def test_flush_retire_and_fold_keep_the_sum():
 
     assert retire_orphans(config, live=["w2"]) == 0
     assert retire_orphans(config, live=[]) == 1  # w2 died
-    assert list(ConfigEntry.objects.filter(name=METRICS).values_list("key", flat=True)) == [RETIRED]
+    assert list(ConfigEntry.objects.filter(name=METRICS).values_list("key", flat=True)) == [
+        RETIRED
+    ]
     assert totals(config) == expected
 
 

@@ -174,10 +174,8 @@ def test_the_worker_only_takes_its_queues(run_worker):
 def test_global_and_task_middlewares_wrap_the_call(run_worker):
     middlewares.CALLS.clear()
     with override_settings(
-        QTASKS={
-            "MIDDLEWARES_BEFORE": ["tests.testapp.middlewares.Recorder"],
-            "MIDDLEWARES_AFTER": ["tests.testapp.middlewares.Recorder"],
-        }
+        QTASKS={"MIDDLEWARES_BEFORE": ["tests.testapp.middlewares.Recorder"],
+                "MIDDLEWARES_AFTER": ["tests.testapp.middlewares.Recorder"]}
     ):
         tasks.add.add_task(1, 1)
         run_worker()
@@ -190,7 +188,9 @@ def test_global_and_task_middlewares_wrap_the_call(run_worker):
 def test_a_failing_after_middleware_turns_the_task_into_an_error(run_worker):
     definition = app.task(
         name="tests.with_broken_after", middlewares_after=[middlewares.FailsAfter]
-    )(lambda: 1)
+    )(
+        lambda: 1
+    )
     task = definition.add_task()
     run_worker()
     done = finished(task)

@@ -82,7 +82,9 @@ def test_a_scrape_shows_what_a_worker_ran(run_worker):
     assert value(samples, "qtasks_queue_running", queue="default") == 0
     assert value(samples, "qtasks_workers_live") == 0
     # The worker folded its numbers into the retired totals when it left.
-    assert set(ConfigEntry.objects.filter(name=METRICS).values_list("key", flat=True)) == {RETIRED}
+    assert set(ConfigEntry.objects.filter(name=METRICS).values_list("key", flat=True)) == {
+        RETIRED
+    }
 
 
 @pytest.mark.django_db(transaction=True)
@@ -116,7 +118,9 @@ def test_counters_never_go_back_when_a_worker_dies(worker_processes: WorkerProce
     for key, number in before.items():
         if key[0].startswith(("qtasks_tasks_", "qtasks_task_")):
             assert after.get(key) == number, key
-    assert list(ConfigEntry.objects.filter(name=METRICS).values_list("key", flat=True)) == [RETIRED]
+    assert list(ConfigEntry.objects.filter(name=METRICS).values_list("key", flat=True)) == [
+        RETIRED
+    ]
 
 
 @pytest.mark.django_db

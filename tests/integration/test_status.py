@@ -34,14 +34,8 @@ def _now() -> None:
     NOW = timezone.now()
 
 
-def rows(
-    count: int,
-    *,
-    status: str,
-    queue: str = "default",
-    age: dt.timedelta = MINUTE,
-    finished: dt.timedelta | None = None,
-) -> None:
+def rows(count: int, *, status: str, queue: str = "default", age: dt.timedelta = MINUTE,
+         finished: dt.timedelta | None = None) -> None:
     """``count`` task rows; waiting ones became due ``age`` ago (negative: not yet)."""
     run_after = NOW - age
     done = None if finished is None else NOW - finished

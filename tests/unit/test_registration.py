@@ -27,17 +27,8 @@ def test_bare_decorator_registers_under_the_qualified_name(local_app):
 
 
 def test_options_are_kept(local_app):
-    @local_app.task(
-        name="mail.send",
-        priority=5,
-        queue="mail",
-        retry=3,
-        retry_on_exc=[OSError],
-        retry_backoff=0.5,
-        max_time=10,
-        tags=["mail"],
-        description="Sends.",
-    )
+    @local_app.task(name="mail.send", priority=5, queue="mail", retry=3, retry_on_exc=[OSError],
+                    retry_backoff=0.5, max_time=10, tags=["mail"], description="Sends.")
     def send(x):
         return x
 

@@ -135,3 +135,4 @@ def task_names(app: Any) -> list[str]:
     else:
         django_names = loaded_task_names()
     return list(dict.fromkeys([*app.registry.names(), *django_names]))
+
