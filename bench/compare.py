@@ -125,7 +125,7 @@ SYSTEMS = [
         "",
         ("drain1",),
         task="bench.spin",
-        drain_scale=0.16,
+        drain_scale=0.3,
     ),
     ours(
         "ours-p2-cpu",
@@ -134,7 +134,7 @@ SYSTEMS = [
         "--processes 2",
         ("drain1",),
         task="bench.spin",
-        drain_scale=0.16,
+        drain_scale=0.3,
     ),
     # The defaults row again, on MariaDB: what the other database costs (it polls: no
     # LISTEN/NOTIFY there, so idle pickup waits for POLL_INTERVAL, 1 s by default).

@@ -266,6 +266,7 @@ class MySQLStorage(DjangoStorage):
             return [(_as_uuid(uuid), status) for uuid, status in cursor.fetchall()]
 
     rescue = retry_deadlocks(DjangoStorage.rescue)
+    rescue_run = retry_deadlocks(DjangoStorage.rescue_run)
     cancel = retry_deadlocks(DjangoStorage.cancel)
 
     # -- schedules --------------------------------------------------------------------

@@ -413,6 +413,13 @@ class BaseStorage(ABC):
         """
 
     @abstractmethod
+    def rescue_run(self, task: Task, why: str, *, delay: float = 0.0) -> str | None:
+        """Rescue one run of ``task`` that its worker lost while the task itself did
+        nothing wrong (the database cut the worker's connection), as :meth:`rescue`
+        does, due in ``delay`` seconds; returns the new status (``retry``, or ``error``
+        past ``MAX_RESCUES``), or None if the row was no longer this worker's."""
+
+    @abstractmethod
     def release(self, worker_id: str, uuids: Collection[uuid_lib.UUID]) -> int:
         """Put tasks that ``worker_id`` claimed but never started back to waiting, as
         they were before the claim (their attempt unspent, their place in claim order
@@ -1091,6 +1098,17 @@ class DjangoStorage(BaseStorage):
             where += f" AND uuid NOT IN ({', '.join(['%s'] * len(keep))})"
             where_params += [pk.get_db_prep_value(u, connection) for u in keep]
         return self._rescue_where(where, where_params, why)
+
+    def rescue_run(self, task: Task, why: str, *, delay: float = 0.0) -> str | None:
+        connection = connections[self.alias]
+        where = "status = %s AND worker_id = %s AND uuid = %s"
+        params = [
+            TaskStatus.PROCESS.value,
+            task.worker_id,
+            TaskRecord._meta.pk.get_db_prep_value(task.uuid, connection),
+        ]
+        changed = self._rescue_where(where, params, why, delay=delay)
+        return changed[0][1] if changed else None
 
     def _rescue_where(
         self, where: str, where_params: list[Any], why: str, *, delay: float = 0.0

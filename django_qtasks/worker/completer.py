@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.db import DatabaseError, connections
+from django.utils import timezone
 
 from django_qtasks import signals
 from django_qtasks.api.task import Outcome
@@ -110,16 +111,14 @@ class Completer:
                 continue
             self.counters.record(task, outcome.status, done.duration)
             signals.send_from_worker(signals.task_finished, self.sender, task=task, outcome=outcome)
+            if outcome.lost:
+                continue  # the rescue logged it (storage: "Task ... rescued: ...")
             level = logging.WARNING if outcome.status == TaskStatus.ERROR else logging.INFO
             if not logger.isEnabledFor(level):  # the record's extra costs more than the rest
                 continue
             logger.log(
                 level,
-                "Task %s %s: %s in %.3f s",
-                task.task_name,
-                task.uuid,
-                outcome.status,
-                done.duration,
+                *_finished_line(done),
                 extra=task_fields(
                     task,
                     action="task_finished",
@@ -138,9 +137,9 @@ class Completer:
         outcome the database refuses for good (say, a NUL character in a result) is
         stored as an ``error`` that says so, instead of being retried for nothing.
         """
-        items = [(done.task, done.outcome) for done in batch]
+        uuids = [str(done.task.uuid) for done in batch]
         try:
-            stored = self.retry.write(lambda: self.broker.finish_many(items), len(batch))
+            stored = self.retry.write(lambda: self._persist(batch), uuids)
         except DatabaseError as exc:
             if len(batch) > 1:  # find the one the database refuses
                 return [ok for done in batch for ok in self._write([done])]
@@ -161,6 +160,53 @@ class Completer:
             failed = Outcome(status=TaskStatus.ERROR, **_unstorable(exc))
             return self._write([Done(done.task, failed, done.duration)])
         return [False] * len(batch) if stored is None else stored
+
+    def _persist(self, batch: list[Done]) -> list[bool]:
+        """Store the outcomes; a run the database cut short is rescued instead (its
+        attempt unspent). For each, whether the row was still this worker's."""
+        broker = self.broker
+        if not any(done.outcome.lost for done in batch):  # the common case: one statement
+            return broker.finish_many([(done.task, done.outcome) for done in batch])
+        finished = iter(
+            broker.finish_many([(d.task, d.outcome) for d in batch if not d.outcome.lost])
+        )
+        stored = []
+        for done in batch:
+            if not done.outcome.lost:
+                stored.append(next(finished))
+                continue
+            why = f"the database cut its worker's connection ({_exception_text(done.outcome)})"
+            delay = _seconds_until(done.outcome.run_after)
+            stored.append(broker.rescue_run(done.task, why, delay=delay) is not None)
+        return stored
+
+
+def _exception_text(outcome: Outcome, limit: int = 200) -> str:
+    """``Type: message`` of a failed attempt, on one line: a log line or a history
+    entry names the cause (psycopg's messages span lines, a user's may be long)."""
+    error = outcome.error or {}
+    name = str(error.get("type", "")).rpartition(".")[2]
+    text = str(error.get("message") or "").strip().split("\n", 1)[0]
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return f"{name}: {text}" if text else name
+
+
+def _seconds_until(when: Any) -> float:
+    return 0.0 if when is None else max(0.0, (when - timezone.now()).total_seconds())
+
+
+def _finished_line(done: Done) -> tuple[Any, ...]:
+    """The text line of a finished attempt (format and arguments): a failure names the
+    exception, and a retry says when the next try is due."""
+    task, outcome = done.task, done.outcome
+    if outcome.status not in (TaskStatus.RETRY, TaskStatus.ERROR) or outcome.error is None:
+        return "Task %s %s: %s in %.3f s", task.task_name, task.uuid, outcome.status, done.duration
+    head = "Task %s %s: attempt %d of %d failed after %.3f s (%s)"
+    args = (task.task_name, task.uuid, task.attempt, task.max_retries + 1, done.duration,
+            _exception_text(outcome))  # fmt: skip
+    if outcome.status == TaskStatus.ERROR:
+        return (head + "; it ends in error", *args)
+    return (head + "; next try in %.1f s", *args, _seconds_until(outcome.run_after))
 
 
 def _unstorable(exc: BaseException) -> dict[str, Any]:

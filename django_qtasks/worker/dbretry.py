@@ -55,11 +55,12 @@ class DatabaseRetry:
         self.reset()
         stop.wait(delay)
 
-    def write(self, call: Callable[[], T], count: int) -> T | None:
+    def write(self, call: Callable[[], T], task_uuids: list[str]) -> T | None:
         """``call()``, retried through lost connections for ``patience`` seconds; None
         when it gave up. Only for writes that are safe to repeat (changing only rows
         this worker still holds, so a retry after a lost reply overwrites nothing).
-        Other database errors are the caller's."""
+        ``task_uuids`` name the tasks in the log lines. Other database errors are the
+        caller's."""
         deadline = time.monotonic() + self.patience
         delay = FIRST_WRITE_DELAY
         while True:
@@ -67,19 +68,25 @@ class DatabaseRetry:
                 return call()
             except (OperationalError, InterfaceError):
                 logger.warning(
-                    "Storing %d outcome(s) failed; retrying in %.2f s",
-                    count,
+                    "Storing the outcome of task(s) %s failed; retrying in %.2f s",
+                    _shown(task_uuids),
                     delay,
                     exc_info=True,
-                    extra={"action": "finish_failed"},
+                    extra={"action": "finish_failed", "task_uuids": task_uuids},
                 )
                 self.reset()
                 if time.monotonic() + delay > deadline:
                     logger.error(
-                        "Giving up storing %d outcome(s); the tasks will be rescued",
-                        count,
-                        extra={"action": "finish_abandoned"},
+                        "Giving up storing the outcome of task(s) %s; they will be rescued",
+                        _shown(task_uuids),
+                        extra={"action": "finish_abandoned", "task_uuids": task_uuids},
                     )
                     return None
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_WRITE_DELAY)
+
+
+def _shown(names: list[str], shown: int = 10) -> str:
+    """Task uuids for a log line: the first ``shown``, then how many more."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more

@@ -281,6 +281,10 @@ class ThreadWorker(BaseWorker):
         signals.send_from_worker(signals.task_started, type(self.app), task=task)
         started = time.monotonic()
         outcome = executor.execute(definition, task, ctx)
+        if outcome.lost:
+            # The database cut this connection: the next task gets a fresh one at once,
+            # without a ping on a socket that may hang until TCP gives up.
+            self.retry.reset()
         return self._executed(Done(task, outcome, time.monotonic() - started))
 
     def _on_bug(self, task: Task, exc: BaseException) -> Task | None:
