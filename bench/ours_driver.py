@@ -5,7 +5,9 @@
 Which of our rows it measures comes from the environment: ``BENCH_OURS_SETTINGS``, the
 settings module (``bench.settings``, tuned: persistent connections, short poll; or
 ``bench.settings_defaults``: no QTASKS key, Django's CONN_MAX_AGE), and
-``BENCH_OURS_ARGS``, the ``qtasks_worker`` flags (none: the defaults row).
+``BENCH_OURS_ARGS``, the ``qtasks_worker`` flags (none: the defaults row); and
+``BENCH_OURS_TASK``, the task the drain preloads (``bench.noop``, or the CPU-bound
+``bench.spin``).
 
 Its enqueue measurement times three ways of writing one no-op task, taking turns in
 this one process: the database alone (bench/pg_driver.py's prepared INSERT of the same
@@ -30,6 +32,8 @@ from bench.pg_driver import PostgresDriver
 
 SETTINGS = os.environ.get("BENCH_OURS_SETTINGS", "bench.settings")
 ARGS = shlex.split(os.environ.get("BENCH_OURS_ARGS", "--concurrency 64"))
+#: the task a drain preloads: ``bench.noop``, or ``bench.spin`` (about 1 ms of CPU each)
+TASK = os.environ.get("BENCH_OURS_TASK", "bench.noop")
 
 
 class OursDriver(Driver):
@@ -42,6 +46,8 @@ class OursDriver(Driver):
         flags = shlex.join(self.args) or "no flags"
         wake = "polling" if self.url.startswith("mysql") else "LISTEN/NOTIFY"
         self.settings = f"qtasks_worker {flags} ({settings}), {wake}"
+        if TASK != "bench.noop":
+            self.settings += f", tasks: {TASK}"
 
     def prepare(self) -> None:
         setup_django(self.url, self.settings_module)  # migrates the fresh database
@@ -68,7 +74,7 @@ class OursDriver(Driver):
         return ways
 
     def enqueue_bulk(self, n: int) -> None:
-        self.app.add_tasks([("bench.noop", (), {})] * n)
+        self.app.add_tasks([(TASK, (), {})] * n)
 
     def worker_command(self) -> tuple[list[str], dict[str, str]]:
         argv = worker_argv(*self.args, "-v", "0")

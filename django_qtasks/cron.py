@@ -6,8 +6,9 @@ writing a parser of our own. Everything here is pure (no I/O) so that settings, 
 registration and the scheduler share one set of rules.
 
 An expression has 5 fields (minute, hour, day of month, month, day of week) or 6,
-the sixth being **seconds** (croniter's convention: ``*/10 * * * * *`` is every ten
-seconds). ``@hourly``, ``@daily``, ``@weekly``, ``@monthly`` and ``@yearly`` work too.
+the sixth being **seconds**, put last as croniter does (``* * * * * */10`` is every
+ten seconds, while ``*/10 * * * * *`` is every second of every tenth minute).
+``@hourly``, ``@daily``, ``@weekly``, ``@monthly`` and ``@yearly`` work too.
 Ticks are computed as wall-clock times in the schedule's time zone (``zoneinfo``), so
 ``0 9 * * 1-5`` means 9:00 local time on weekdays, summer and winter alike.
 """

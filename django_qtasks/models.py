@@ -90,6 +90,11 @@ class TaskRecord(models.Model):
     errors = models.JSONField(default=list, blank=True)
     attempt = models.PositiveIntegerField(default=0)
     max_retries = models.PositiveIntegerField(default=0)
+    # Runs lost to the worker, not to the task (its worker died, the database cut its
+    # connection): each sends the task back to waiting without spending an attempt, up
+    # to QTASKS["MAX_RESCUES"]. A database default, so that every INSERT path (and a
+    # worker of the previous release, during an upgrade) leaves it at 0.
+    rescues = models.PositiveIntegerField(default=0, db_default=0)
     run_after = models.DateTimeField()
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
@@ -201,7 +206,7 @@ class ConfigEntry(models.Model):
 
     class Meta:
         verbose_name = _("global config entry")
-        verbose_name_plural = _("global config")
+        verbose_name_plural = _("global config entries")
         ordering = ("name", "key")
         constraints = [
             models.UniqueConstraint(fields=["name", "key"], name="qtasks_config_name_key"),

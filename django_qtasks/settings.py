@@ -69,6 +69,9 @@ class QTasksSettings:
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 30.0
     rescue_interval: float = 15.0
+    # Runs of one task that may be lost (its worker died, its connection was cut) and
+    # still go back to the queue without spending an attempt; see docs/reliability.md.
+    max_rescues: int = 3
     middlewares_before: tuple[str, ...] = ()
     middlewares_after: tuple[str, ...] = ()
     executor: str = "django_qtasks.worker.executor.TaskExecutor"
@@ -148,7 +151,7 @@ def _validate(key: str, value: Any) -> Any:
             "an integer from -100 to 100",
         )
         return value
-    if name in {"default_retry", "concurrency", "prefetch"}:
+    if name in {"default_retry", "concurrency", "prefetch", "max_rescues"}:
         low = 1 if name == "concurrency" else 0
         _check(
             key,

@@ -21,6 +21,20 @@ def noop() -> None:
     return None
 
 
+#: Loop turns of :func:`spin`: about a millisecond of CPU on the benchmark machine.
+SPIN = 10_000
+
+
+@app.task(name="bench.spin")
+def spin() -> int:
+    """A CPU-bound task: pure Python that holds the GIL throughout, so threads of one
+    process cannot run two at once and only more processes add throughput."""
+    total = 0
+    for number in range(SPIN):
+        total += number * number % 7
+    return total
+
+
 @app.task(name="bench.stamp")
 def stamp() -> float:
     """When the task started, by the clock the benchmark reads: pickup latency."""

@@ -433,3 +433,7 @@ class Outcome:
     run_after: dt.datetime | None = None
     # ``returning`` as the JSON text to store, when the executor encoded it already.
     returning_json: str | None = None
+    # The run was lost to the worker, not failed by the task (the database cut the
+    # worker's connection): it goes back to the queue as a rescue, its attempt unspent,
+    # at ``run_after``; ``error`` says what happened.
+    lost: bool = False

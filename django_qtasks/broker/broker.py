@@ -105,6 +105,10 @@ class BaseBroker(ABC):
     ) -> list[tuple[uuid_lib.UUID, str]]:
         return self.storage.rescue(worker_id, crashed=crashed, keep=keep)
 
+    def rescue_run(self, task: Task, why: str, *, delay: float = 0.0) -> str | None:
+        """Rescue one run its worker lost; see :meth:`BaseStorage.rescue_run`."""
+        return self.storage.rescue_run(task, why, delay=delay)
+
     def release(self, worker_id: str, uuids: Collection[uuid_lib.UUID]) -> int:
         """Hand back claimed tasks that never started; see :meth:`BaseStorage.release`."""
         return self.storage.release(worker_id, uuids)

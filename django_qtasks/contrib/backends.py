@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from asgiref.sync import sync_to_async
 from django.apps import apps
+from django.conf import settings as django_settings
 from django.core import checks
 from django.dispatch import Signal
 from django.utils import timezone
@@ -53,6 +54,9 @@ if TYPE_CHECKING:
     from django_qtasks.api.queue_tasks import QueueTasks
 
 logger = logging.getLogger("django_qtasks.backends")
+
+#: Task objects whose checks a backend remembers (see QTasksBackend._checked_name).
+MAX_CHECKED = 256
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,6 +120,12 @@ class QTasksBackend(BaseTaskBackend):
     supports_get_result = True
     supports_priority = True
 
+    def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        super().__init__(alias, params)
+        # id(task) -> (task, settings, USE_TZ, row name): what checking a Task object
+        # found, for as long as it and the settings stay the same objects (see _checked).
+        self._checked: dict[int, tuple[AnyDjangoTask, object, bool, str]] = {}
+
     @property
     def app(self) -> QueueTasks:
         from django_qtasks import app
@@ -141,10 +151,20 @@ class QTasksBackend(BaseTaskBackend):
             _check_options(task)
 
     # -- enqueue ---------------------------------------------------------------------
-    def build_spec(
-        self, task: AnyDjangoTask, args: Sequence[Any], kwargs: dict[str, Any]
-    ) -> TaskSpec:
-        """Validate and build the row to store, without I/O (shared by sync and async)."""
+    def _checked_name(self, task: AnyDjangoTask) -> str:
+        """The row name of a valid ``task``; raises ``InvalidTask`` otherwise.
+
+        A ``Task`` is a frozen dataclass, and what the checks read besides it (our
+        settings, ``USE_TZ``, the installed apps, the registry, which only grows) does
+        not change while the settings object stays the same: a module-level task is
+        checked on its first enqueue, not on each (they cost as much as the insert's
+        Python side). ``task.using(...)`` makes a new object, checked anew; the memo is
+        bounded, so such copies cannot make it grow without end."""
+        settings = get_settings()
+        use_tz = bool(django_settings.USE_TZ)
+        seen = self._checked.get(id(task))
+        if seen is not None and seen[0] is task and seen[1] is settings and seen[2] is use_tz:
+            return seen[3]
         self.validate_task(task)
         name = task_name(task)
         try:
@@ -154,6 +174,16 @@ class QTasksBackend(BaseTaskBackend):
                 f"{task.module_path} does not name this task: a Django task must be a "
                 "module-level Task with its function's name, so that the worker finds it."
             ) from None
+        if len(self._checked) >= MAX_CHECKED:
+            self._checked.clear()
+        self._checked[id(task)] = (task, settings, use_tz, name)
+        return name
+
+    def build_spec(
+        self, task: AnyDjangoTask, args: Sequence[Any], kwargs: dict[str, Any]
+    ) -> TaskSpec:
+        """Validate and build the row to store, without I/O (shared by sync and async)."""
+        name = self._checked_name(task)
         json_args, json_kwargs = _json_arguments(args, kwargs)
         try:
             spec = self.app.build_spec(
@@ -166,7 +196,8 @@ class QTasksBackend(BaseTaskBackend):
             )
         except InvalidTaskCall as exc:
             raise InvalidTask(str(exc)) from None
-        return dataclasses.replace(spec, tags=[*spec.tags, BACKEND_TAG + self.alias])
+        spec.tags.append(BACKEND_TAG + self.alias)  # a list built for this spec alone
+        return spec
 
     def enqueue(
         self, task: AnyDjangoTask, args: Sequence[Any], kwargs: dict[str, Any]
@@ -267,7 +298,10 @@ def _json_arguments(
     args: Sequence[Any], kwargs: dict[str, Any]
 ) -> tuple[list[Any], dict[str, Any]]:
     """Django's normalisation of arguments (tuples to lists, bytes to str); a value it
-    refuses is reported as our ``add_task`` does, naming the argument."""
+    refuses is reported as our ``add_task`` does, naming the argument. No arguments
+    (the common call) need no normalising."""
+    if not args and not kwargs:
+        return [], {}
     try:
         return cast(list[Any], normalize_json(list(args))), cast(
             dict[str, Any], normalize_json(dict(kwargs))

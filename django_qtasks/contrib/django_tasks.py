@@ -80,7 +80,7 @@ PREFIX = "django.tasks:"
 BACKEND_TAG = "backend:"
 """Each such row is tagged ``backend:<alias>``: the ``TASKS`` alias it was enqueued on."""
 
-STATUSES = {
+STATUSES: dict[str, TaskResultStatus] = {
     TaskStatus.NEW: TaskResultStatus.READY,
     TaskStatus.RETRY: TaskResultStatus.READY,
     TaskStatus.BLOCKED: TaskResultStatus.READY,
@@ -279,14 +279,17 @@ def to_task_result(
             run_after=run_after,
             backend=alias,
         )
-    by_attempt = {entry.get("attempt"): entry.get("worker_id") for entry in task.errors}
-    worker_ids = [
-        by_attempt.get(attempt) or task.worker_id for attempt in range(1, task.attempt + 1)
-    ]
+    if task.errors:
+        by_attempt = {entry.get("attempt"): entry.get("worker_id") for entry in task.errors}
+        worker_ids = [
+            by_attempt.get(attempt) or task.worker_id for attempt in range(1, task.attempt + 1)
+        ]
+    else:  # every new task: no history to look through
+        worker_ids = [task.worker_id] * task.attempt
     result: AnyTaskResult = TaskResult(
         task=result_task,
         id=str(task.uuid),
-        status=STATUSES[TaskStatus(task.status)],
+        status=STATUSES[task.status],  # a str looks up its TaskStatus key
         enqueued_at=task.created_at,
         started_at=task.started_at,
         finished_at=task.finished_at,

@@ -124,11 +124,20 @@ class BaseStorage(ABC):
         returns ``(uuid, new status)`` pairs. Safe to run from many processes at once.
 
         Without ``worker_id``: every task whose worker has no live heartbeat. With it:
-        that worker's tasks (but those in ``keep``), whatever its heartbeat.
-        ``crashed`` tasks spend their attempt and end ``error`` when none is left, so a
-        task that keeps killing its worker stops; tasks handed back (``crashed=False``)
-        keep their attempt.
+        that worker's tasks (but those in ``keep``), whatever its heartbeat; ``crashed``
+        says whether the worker died or left (the reason recorded).
+        A lost run is the worker's loss, not the task's: it keeps its attempt (the
+        user's retries stay whole) and counts one rescue instead. A task already
+        rescued ``QTASKS["MAX_RESCUES"]`` times ends ``error``, so a task that keeps
+        killing its worker stops.
         """
+
+    @abstractmethod
+    def rescue_run(self, task: Task, why: str, *, delay: float = 0.0) -> str | None:
+        """Rescue one run of ``task`` that its worker lost while the task itself did
+        nothing wrong (the database cut the worker's connection), as :meth:`rescue`
+        does, due in ``delay`` seconds; returns the new status (``retry``, or ``error``
+        past ``MAX_RESCUES``), or None if the row was no longer this worker's."""
 
     @abstractmethod
     def release(self, worker_id: str, uuids: Collection[uuid_lib.UUID]) -> int:

@@ -43,6 +43,7 @@ from django_qtasks.storage.concurrency import LOCK_CLASS, lock_key
 from django_qtasks.storage.db import DEADLOCK, is_lock_conflict, mysql_error_code
 from django_qtasks.storage.django_storage import DjangoStorage
 from django_qtasks.storage.rows import _as_uuid
+from django_qtasks.storage.table import Message
 
 logger = logging.getLogger("django_qtasks.storage")
 
@@ -242,7 +243,7 @@ class MySQLStorage(DjangoStorage):
         where: str,
         where_params: list[Any],
         error_type: str,
-        message: str,
+        message: Message,
     ) -> list[tuple[uuid_lib.UUID, str]]:
         """The rows are locked and read first (``FOR UPDATE``), then updated by primary
         key (no RETURNING), then their new status read back, in one transaction."""
@@ -263,6 +264,7 @@ class MySQLStorage(DjangoStorage):
             return [(_as_uuid(uuid), status) for uuid, status in cursor.fetchall()]
 
     rescue = retry_deadlocks(DjangoStorage.rescue)
+    rescue_run = retry_deadlocks(DjangoStorage.rescue_run)
     cancel = retry_deadlocks(DjangoStorage.cancel)
 
     # -- schedules --------------------------------------------------------------------

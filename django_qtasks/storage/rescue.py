@@ -7,6 +7,7 @@ it ends an attempt, and cancels the later steps of a flow it ends.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import uuid as uuid_lib
 from collections.abc import Collection
@@ -30,6 +31,16 @@ from django_qtasks.storage.rows import _as_uuid
 from django_qtasks.storage.table import _NOW, CANCELLED, WORKER_LOST
 
 logger = logging.getLogger("django_qtasks.storage")
+
+
+def lost_for_good(why: str, allowance: int) -> str:
+    """The message of a task whose run was lost once more than ``MAX_RESCUES`` allows."""
+    times = allowance + 1
+    return (
+        f"Task lost {times} time{'s' if times != 1 else ''}, more than "
+        f"QTASKS['MAX_RESCUES'] = {allowance} allows; the last time {why}. "
+        "It is not run again."
+    )
 
 
 class RescueMixin(FlowMixin):
@@ -64,35 +75,69 @@ class RescueMixin(FlowMixin):
             pk = TaskRecord._meta.pk
             where += f" AND uuid NOT IN ({', '.join(['%s'] * len(keep))})"
             where_params += [pk.get_db_prep_value(u, connection) for u in keep]
-        if crashed:
-            left = "attempt <= max_retries"
-            assignments: list[tuple[str, Any]] = [
-                (
-                    f"status = CASE WHEN {left} THEN %s ELSE %s END",
-                    [TaskStatus.RETRY, TaskStatus.ERROR],
-                ),
-                (f"finished_at = CASE WHEN {left} THEN NULL ELSE %s END", [_NOW]),
-            ]
-        else:
-            assignments = [("status = %s", [TaskStatus.RETRY]), ("attempt = attempt - 1", [])]
-        message = f"Task lost: {why}."
-        assignments += [("run_after = %s", [_NOW]), ("traceback = %s", [message])]
+        return self._rescue_where(where, where_params, why)
+
+    def rescue_run(self, task: Task, why: str, *, delay: float = 0.0) -> str | None:
+        connection = connections[self.alias]
+        where = "status = %s AND worker_id = %s AND uuid = %s"
+        params = [
+            TaskStatus.PROCESS.value,
+            task.worker_id,
+            TaskRecord._meta.pk.get_db_prep_value(task.uuid, connection),
+        ]
+        changed = self._rescue_where(where, params, why, delay=delay)
+        return changed[0][1] if changed else None
+
+    def _rescue_where(
+        self, where: str, where_params: list[Any], why: str, *, delay: float = 0.0
+    ) -> list[tuple[uuid_lib.UUID, str]]:
+        """Send the rows of ``where`` back to waiting, their attempt unspent and their
+        ``rescues`` counted, due in ``delay`` seconds; a row already rescued
+        ``MAX_RESCUES`` times ends ``error`` instead (a task that keeps killing its
+        worker must stop). One statement: safe to run from many workers at once."""
+        connection = connections[self.alias]
+        allowance = self.settings.max_rescues
+        spent = "rescues >= %s"
+        rescued = f"Task lost: {why}. Rescued: back to the queue without spending an attempt."
+        final = lost_for_good(why, allowance)
+        due = connection.ops.adapt_datetimefield_value(
+            timezone.now() + dt.timedelta(seconds=delay)
+        )
+        message = (f"CASE WHEN {spent} THEN %s ELSE %s END", [allowance, final, rescued])
+        # Every expression reads ``rescues`` before its increment (MariaDB evaluates a
+        # SET list left to right): the increment comes last.
+        assignments: list[tuple[str, Any]] = [
+            (f"status = CASE WHEN {spent} THEN %s ELSE %s END",
+             [allowance, TaskStatus.ERROR.value, TaskStatus.RETRY.value]),
+            (f"finished_at = CASE WHEN {spent} THEN %s ELSE NULL END", [allowance, _NOW]),
+            (f"attempt = CASE WHEN {spent} THEN attempt ELSE attempt - 1 END", [allowance]),
+            ("run_after = %s", [due]),
+            (f"traceback = {message[0]}", message[1]),
+            ("rescues = rescues + 1", []),
+        ]  # fmt: skip
         with transaction.atomic(using=self.alias):
-            rescued = self._update_with_error(
+            changed = self._update_with_error(
                 assignments, where, where_params, WORKER_LOST, message
             )
-            failed = [uuid for uuid, status in rescued if status == TaskStatus.ERROR]
+            failed = [uuid for uuid, status in changed if status == TaskStatus.ERROR]
             if failed:
                 self._cancel_flows_after(failed)
-        for uuid, status in rescued:
-            logger.warning(
-                "Task %s rescued to %r: %s",
-                uuid,
-                status,
-                why,
-                extra={"action": "rescue", "task_uuid": str(uuid), "status": status},
-            )
-        return rescued
+        for uuid, status in changed:
+            if status == TaskStatus.ERROR:
+                logger.error(
+                    "Task %s lost for good: %s",
+                    uuid,
+                    final,
+                    extra={"action": "lost_for_good", "task_uuid": str(uuid), "status": status},
+                )
+            else:
+                logger.warning(
+                    "Task %s rescued: %s; back to the queue without spending an attempt",
+                    uuid,
+                    why,
+                    extra={"action": "rescue", "task_uuid": str(uuid), "status": status},
+                )
+        return changed
 
     def release(self, worker_id: str, uuids: Collection[uuid_lib.UUID]) -> int:
         if not uuids:

@@ -33,6 +33,8 @@ def supported_vendor_list() -> str:
 
 WORKER_LOST = "django_qtasks.exceptions.WorkerLost"
 CANCELLED = "django_qtasks.exceptions.TaskCancelled"
+# A message for an error entry: plain text, or an SQL expression and its parameters.
+Message = str | tuple[str, list[Any]]
 _NOW = object()  # stands for "the time of the statement" in _update_with_error
 
 
@@ -65,7 +67,7 @@ class TableStorage(BaseStorage):
         where: str,
         where_params: list[Any],
         error_type: str,
-        message: str,
+        message: Message,
     ) -> list[tuple[uuid_lib.UUID, str]]:
         """One ``UPDATE`` that also appends an entry to ``errors``; returns (uuid, status).
 
@@ -82,11 +84,12 @@ class TableStorage(BaseStorage):
             return [(_as_uuid(uuid), status) for uuid, status in cursor.fetchall()]
 
     def _error_update_sets(
-        self, assignments: list[tuple[str, Any]], error_type: str, message: str
+        self, assignments: list[tuple[str, Any]], error_type: str, message: Message
     ) -> tuple[str, list[Any]]:
         """The SET list of :meth:`_update_with_error` and its parameters. The error
         entry comes first: MariaDB evaluates a SET list left to right (each assignment
-        sees those before it), the others all from the row as it was."""
+        sees those before it), the others all from the row as it was. ``message`` is
+        a string, or an SQL expression and its parameters (one message per row)."""
         connection = connections[self.alias]
         vendor = connection.vendor
         now = timezone.now()
@@ -94,12 +97,13 @@ class TableStorage(BaseStorage):
         build = {"postgresql": "jsonb_build_object", "mysql": "JSON_OBJECT"}.get(
             vendor, "json_object"
         )
+        message_sql, message_params = ("%s", [message]) if isinstance(message, str) else message
         entry = (
             f"{build}('attempt', attempt, 'at', %s, 'worker_id', worker_id, 'type', %s, "
-            "'message', %s, 'traceback', '')"
+            f"'message', {message_sql}, 'traceback', '')"
         )
         sets = [f"errors = {_errors_plus(vendor, entry)}"]
-        params: list[Any] = [now.isoformat(), error_type, message]
+        params: list[Any] = [now.isoformat(), error_type, *message_params]
         for sql, values in [*assignments, ("updated_at = %s", [db_now])]:
             sets.append(sql)
             params.extend(db_now if value is _NOW else value for value in values)

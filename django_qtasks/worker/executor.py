@@ -27,6 +27,7 @@ from django_qtasks.api.task import Outcome, Task
 from django_qtasks.exceptions import QTasksError, TaskCancelled, describe_exception
 from django_qtasks.log import task_fields
 from django_qtasks.models import TaskStatus
+from django_qtasks.storage.db import is_connection_lost
 from django_qtasks.worker.context import TaskContext, TaskSelf
 from django_qtasks.worker.timelimit import TaskTimeLimitExceeded, time_limit_message
 
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
     from django_qtasks.settings import QTasksSettings
 
 logger = logging.getLogger("django_qtasks.executor")
+
+#: Seconds (before the jitter) before a run whose database connection was cut runs again.
+LOST_CONNECTION_BACKOFF = 1.0
 
 
 class NotJSONResult(QTasksError, TypeError):
@@ -78,6 +82,17 @@ class BaseTaskExecutor(ABC):
         options = definition.options
         error = describe_exception(exc)
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        if self.settings.mode == "worker" and is_connection_lost(exc, self.settings.database):
+            # Not the task's fault: the run goes back as a rescue, after a short pause
+            # (the database may be restarting), whatever the task's retry policy.
+            delay = retry_delay(LOST_CONNECTION_BACKOFF, 1, self.settings.retry_backoff_max)
+            return Outcome(
+                status=TaskStatus.RETRY,
+                error=error,
+                traceback=text,
+                run_after=timezone.now() + dt.timedelta(seconds=delay),
+                lost=True,
+            )
         retryable = not isinstance(exc, NotJSONResult) and (
             not options.retry_on_exc or isinstance(exc, options.retry_on_exc)
         )

@@ -57,7 +57,13 @@ MAX_RESTART_DELAY = 30.0
 
 # -- the child -----------------------------------------------------------------------------
 class ChildWorker(ThreadWorker):
-    """A thread worker that tells its parent what runs, and retires after N tasks."""
+    """A thread worker that tells its parent what it must watch, and retires after N tasks.
+
+    The parent needs to hear of a task only to end the child for its sake: when it has a
+    hard time limit (``max_time``) or is being cancelled. Every other task runs without
+    a message (a message per start and end cost more CPU than running a short task), and
+    a task's "end" is sent only if its "start" or "cancel" was.
+    """
 
     def __init__(
         self, app: BaseQueueTasks, *, to_parent: Connection, max_tasks: int | None, **kwargs: Any
@@ -67,13 +73,20 @@ class ChildWorker(ThreadWorker):
         self.max_tasks = max_tasks
         self.claimed_total = 0
         self._send_lock = threading.Lock()
+        # Under _send_lock: the tasks started and not ended, and which of them the
+        # parent watches (it was told of their start or cancel, and waits for the end).
+        self._live: set[uuid_lib.UUID] = set()
+        self._watched: set[uuid_lib.UUID] = set()
 
     def send(self, *message: Any) -> None:
         with self._send_lock:
-            try:
-                self.to_parent.send(message)
-            except (BrokenPipeError, EOFError, OSError):
-                logger.debug("The parent is gone; message %r dropped", message)
+            self._send(message)
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        try:
+            self.to_parent.send(message)
+        except (BrokenPipeError, EOFError, OSError):
+            logger.debug("The parent is gone; message %r dropped", message)
 
     def claim_limit(self, free: int, stop: threading.Event) -> int:
         if self.max_tasks is None:
@@ -90,17 +103,27 @@ class ChildWorker(ThreadWorker):
         self.claimed_total += len(tasks)
 
     def on_task_start(self, task: Task, max_time: float | None) -> None:
-        self.send("start", str(task.uuid), max_time)
+        with self._send_lock:
+            self._live.add(task.uuid)
+            if max_time is not None:
+                self._watched.add(task.uuid)
+                self._send(("start", str(task.uuid), max_time))
 
     def on_task_end(self, task: Task) -> None:
-        self.send("end", str(task.uuid))
+        with self._send_lock:
+            self._live.discard(task.uuid)
+            if task.uuid in self._watched:
+                self._watched.discard(task.uuid)
+                self._send(("end", str(task.uuid)))
 
     def request_cancel(self, uuids: set[uuid_lib.UUID]) -> None:
         super().request_cancel(uuids)
-        with self._changed:
-            running = [u for u in uuids if u in self._running]
-        for uuid in running:
-            self.send("cancel", str(uuid))
+        with self._send_lock:
+            # Only tasks that still run: a "cancel" after its task's end would have the
+            # parent end this child for a task that is done.
+            for uuid in uuids & self._live:
+                self._watched.add(uuid)
+                self._send(("cancel", str(uuid)))
 
 
 def _watch_parent(from_parent: Connection, starter: Any) -> None:
@@ -237,7 +260,8 @@ class ProcessPoolWorker(BaseWorker):
                 child.cancelling.pop(uuid, None)
             elif kind == "retire":
                 child.retiring = True
-            elif kind == "cancel" and uuid in child.running:
+            elif kind == "cancel":
+                child.running.setdefault(uuid, None)
                 child.cancelling.setdefault(uuid, time.monotonic() + FORCE_CANCEL_AFTER)
 
     def _end_child(self, child: _Child, *, why: str, victim: str | None, outcome: str) -> None:
@@ -334,10 +358,9 @@ class ProcessPoolWorker(BaseWorker):
             self._pending[child.number] = time.monotonic()
             return
         if code == 0 or child.stopping:
-            if child.running:
-                self._rescue(child, crashed=False)
-            else:
-                self._forget(child)
+            # It hands back what it ran as it stops, unless stopped too hard to: the
+            # parent does not hear of every task, so it hands back whatever is left.
+            self._rescue(child, crashed=False)
             if child.retiring or not (child.stopping or self.burst):
                 # Retired, or stopped from outside: the pool keeps its size.
                 logger.info("Child %d exited; starting a fresh one", child.number)

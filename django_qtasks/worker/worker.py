@@ -464,6 +464,10 @@ class ThreadWorker(BaseWorker):
         signals.send_from_worker(signals.task_started, type(self.app), task=task)
         started = time.monotonic()
         outcome = executor.execute(definition, task, ctx)
+        if outcome.lost:
+            # The database cut this connection: the next task gets a fresh one at once,
+            # without a ping on a socket that may hang until TCP gives up.
+            reset_connection(self.app.settings.database)
         return self._executed(_Done(task, outcome, time.monotonic() - started))
 
     def _executed(self, done: _Done) -> Task | None:
@@ -527,16 +531,14 @@ class ThreadWorker(BaseWorker):
             signals.send_from_worker(
                 signals.task_finished, type(self.app), task=task, outcome=outcome
             )
+            if outcome.lost:
+                continue  # the rescue logged it (storage: "Task ... rescued: ...")
             level = logging.WARNING if outcome.status == TaskStatus.ERROR else logging.INFO
             if not logger.isEnabledFor(level):  # the record's extra costs more than the rest
                 continue
             logger.log(
                 level,
-                "Task %s %s: %s in %.3f s",
-                task.task_name,
-                task.uuid,
-                outcome.status,
-                done.duration,
+                *_finished_line(done),
                 extra=task_fields(
                     task,
                     action="task_finished",
@@ -555,27 +557,26 @@ class ThreadWorker(BaseWorker):
         outcome the database refuses for good (say, a NUL character in a result) is
         stored as an ``error`` that says so, instead of being retried for nothing.
         """
-        broker = self.app.broker
         settings = self.app.settings
         deadline = time.monotonic() + settings.heartbeat_timeout
         delay = 0.05
         while True:
             try:
-                return broker.finish_many([(done.task, done.outcome) for done in batch])
+                return self._persist(batch)
             except (OperationalError, InterfaceError):
                 logger.warning(
-                    "Storing %d outcome(s) failed; retrying in %.2f s",
-                    len(batch),
+                    "Storing the outcome of task(s) %s failed; retrying in %.2f s",
+                    _uuids(batch),
                     delay,
                     exc_info=True,
-                    extra={"action": "finish_failed"},
+                    extra={"action": "finish_failed", "task_uuids": _uuid_list(batch)},
                 )
                 reset_connection(settings.database)
                 if time.monotonic() + delay > deadline:
                     logger.error(
-                        "Giving up storing %d outcome(s); the tasks will be rescued",
-                        len(batch),
-                        extra={"action": "finish_abandoned"},
+                        "Giving up storing the outcome of task(s) %s; they will be rescued",
+                        _uuids(batch),
+                        extra={"action": "finish_abandoned", "task_uuids": _uuid_list(batch)},
                     )
                     return [False] * len(batch)
                 time.sleep(delay)
@@ -599,6 +600,65 @@ class ThreadWorker(BaseWorker):
                 )
                 failed = Outcome(status=TaskStatus.ERROR, **_unstorable(exc))
                 return self._write([_Done(done.task, failed, done.duration)])
+
+
+    def _persist(self, batch: list[_Done]) -> list[bool]:
+        """Store the outcomes; a run the database cut short is rescued instead (its
+        attempt unspent). For each, whether the row was still this worker's."""
+        broker = self.app.broker
+        if not any(done.outcome.lost for done in batch):  # the common case: one statement
+            return broker.finish_many([(done.task, done.outcome) for done in batch])
+        finished = iter(
+            broker.finish_many([(d.task, d.outcome) for d in batch if not d.outcome.lost])
+        )
+        stored = []
+        for done in batch:
+            if not done.outcome.lost:
+                stored.append(next(finished))
+                continue
+            why = f"the database cut its worker's connection ({_exception_text(done.outcome)})"
+            delay = _seconds_until(done.outcome.run_after)
+            stored.append(broker.rescue_run(done.task, why, delay=delay) is not None)
+        return stored
+
+
+def _exception_text(outcome: Outcome, limit: int = 200) -> str:
+    """``Type: message`` of a failed attempt, on one line: a log line or a history
+    entry names the cause (psycopg's messages span lines, a user's may be long)."""
+    error = outcome.error or {}
+    name = str(error.get("type", "")).rpartition(".")[2]
+    text = str(error.get("message") or "").strip().split("\n", 1)[0]
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return f"{name}: {text}" if text else name
+
+
+def _seconds_until(when: Any) -> float:
+    return 0.0 if when is None else max(0.0, (when - timezone.now()).total_seconds())
+
+
+def _finished_line(done: _Done) -> tuple[Any, ...]:
+    """The text line of a finished attempt (format and arguments): a failure names the
+    exception, and a retry says when the next try is due."""
+    task, outcome = done.task, done.outcome
+    if outcome.status not in (TaskStatus.RETRY, TaskStatus.ERROR) or outcome.error is None:
+        return "Task %s %s: %s in %.3f s", task.task_name, task.uuid, outcome.status, done.duration
+    head = "Task %s %s: attempt %d of %d failed after %.3f s (%s)"
+    args = (task.task_name, task.uuid, task.attempt, task.max_retries + 1, done.duration,
+            _exception_text(outcome))  # fmt: skip
+    if outcome.status == TaskStatus.ERROR:
+        return (head + "; it ends in error", *args)
+    return (head + "; next try in %.1f s", *args, _seconds_until(outcome.run_after))
+
+
+def _uuid_list(batch: list[_Done]) -> list[str]:
+    return [str(done.task.uuid) for done in batch]
+
+
+def _uuids(batch: list[_Done], shown: int = 10) -> str:
+    """The batch's task uuids for a log line: the first ``shown``, then how many more."""
+    names = _uuid_list(batch)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _unstorable(exc: BaseException) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 
@@ -10,6 +11,7 @@ from django.test import override_settings
 
 from django_qtasks import app
 from django_qtasks.models import TaskRecord
+from django_qtasks.worker.pool import ChildWorker
 from tests.helpers import wait_until
 from tests.testapp import tasks
 from tests.testapp.models import Execution
@@ -55,28 +57,42 @@ def test_a_task_blocked_in_c_is_ended_at_its_hard_time_limit(worker_processes, t
     assert finished(after).returning == 5
 
 
-def test_a_child_that_dies_has_its_task_rescued_at_once(worker_processes, tmp_path):
+def test_a_task_that_kills_its_child_every_time_ends_error_after_the_allowance(
+    worker_processes, tmp_path
+):
     with override_settings(QTASKS={"HEARTBEAT_TIMEOUT": 600, "HEARTBEAT_INTERVAL": 5}):
         doomed = tasks.hard_exit.add_task("boom")
     worker_processes.start("--processes", "1", *FAST, log=tmp_path / "log")
-    done = finished(doomed, timeout=30)  # far sooner than a 600 s heartbeat expiry
-    assert done.status == "error"  # no retries: the crash spent its only attempt
-    assert done.errors[-1]["message"] == "Task lost: its worker process died."
+    # Each death is rescued at once (far sooner than a 600 s heartbeat expiry), without
+    # spending the task's one attempt, until the rescue allowance (3) is spent.
+    done = finished(doomed, timeout=60)
+    assert done.status == "error"
+    assert Execution.objects.filter(key="boom").count() == 4
+    assert [e["attempt"] for e in done.errors] == [1, 1, 1, 1]
+    assert done.errors[-1]["message"] == (
+        "Task lost 4 times, more than QTASKS['MAX_RESCUES'] = 3 allows; the last time "
+        "its worker process died. It is not run again."
+    )
+    assert TaskRecord.objects.get(uuid=doomed.uuid).rescues == 4
     assert finished(tasks.add.add_task(1, 1)).status == "success"
 
 
 def test_sigkill_of_a_child_mid_task_reruns_the_task(worker_processes, tmp_path):
-    task = tasks.flaky.add_task("victim", 0)  # retries allowed, succeeds when it runs
+    task = tasks.flaky.add_task("victim", 0)
     slow = tasks.sleepy.add_task("slow", 0.2)
     del slow
-    blocker = tasks.stubborn.add_task("killme", 60)
+    release = tmp_path / "release"
+    blocker = tasks.wait_for_file.add_task("killme", str(release), 60)  # no retries
     worker_processes.start("--processes", "1", "--concurrency", "3", *FAST, log=tmp_path / "log")
     wait_until(lambda: Execution.objects.filter(key="killme").exists(), message="start")
     pid = wait_until(lambda: next(iter(child_pids()), None), message="a child")
     os.kill(pid, signal.SIGKILL)
+    release.touch()
     again = finished(blocker, timeout=30)
-    assert again.status == "error"  # stubborn has no retries; the crash spent it
-    assert again.errors[-1]["message"] == "Task lost: its worker process died."
+    # The crash was the worker's loss, not the task's: it ran again on its one attempt.
+    assert (again.status, again.attempt) == ("success", 1)
+    assert again.errors[-1]["message"].startswith("Task lost: its worker process died.")
+    assert Execution.objects.filter(key="killme").count() == 2  # at-least-once
     assert finished(task).status == "success"
     wait_until(lambda: child_pids() and pid not in child_pids(), message="a new child")
 
@@ -110,3 +126,31 @@ def test_sigterm_to_the_parent_lets_children_finish_their_tasks(worker_processes
     assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
     assert app.get(task.uuid).status == "success"
     wait_until(lambda: not app.broker.live_workers(), message="children to deregister")
+
+
+def test_the_parent_hears_only_of_tasks_it_may_have_to_end():
+    """A message per task start and end cost more than a short task: a child tells its
+    parent only of tasks with a hard time limit or a cancel, and never of a cancel
+    after its task's end (the parent would end the child for a finished task)."""
+    heard, said = multiprocessing.Pipe(duplex=False)
+    child = ChildWorker(app, to_parent=said, max_tasks=None, queues=None, concurrency=1)
+    plain, limited, cancelled, late = (tasks.add.add_task(1, 1) for _ in range(4))
+    child.on_task_start(plain, None)
+    child.on_task_end(plain)
+    child.on_task_start(limited, 5.0)
+    child.on_task_end(limited)
+    child.on_task_start(cancelled, None)
+    child.request_cancel({cancelled.uuid})
+    child.on_task_end(cancelled)
+    child.on_task_start(late, None)
+    child.on_task_end(late)
+    child.request_cancel({late.uuid})
+    messages = []
+    while heard.poll():
+        messages.append(heard.recv())
+    assert messages == [
+        ("start", str(limited.uuid), 5.0),
+        ("end", str(limited.uuid)),
+        ("cancel", str(cancelled.uuid)),
+        ("end", str(cancelled.uuid)),
+    ]

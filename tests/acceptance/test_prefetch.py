@@ -34,11 +34,10 @@ WAITING = {TaskStatus.NEW, TaskStatus.RETRY}
 
 
 def holding_worker(
-    worker_processes: WorkerProcesses, tmp_path: Path, *args: str, retry: bool = False
+    worker_processes: WorkerProcesses, tmp_path: Path, *args: str
 ) -> tuple[subprocess.Popen[bytes], Path, str, list[uuid_lib.UUID]]:
     """A one-thread worker running the long task with the five quick ones claimed
-    ahead; returns it, its log, its worker id and the quick tasks' uuids. ``retry``:
-    the quick tasks allow retries (``tests.flaky``, failing never)."""
+    ahead; returns it, its log, its worker id and the quick tasks' uuids."""
     log = tmp_path / "holder.log"
     proc = worker_processes.start("--concurrency", "1", *FAST, *args, log=log)
     warmup = [app.add_task("tests.record", f"w{n}").uuid for n in range(20)]
@@ -48,11 +47,7 @@ def holding_worker(
     )
     with transaction.atomic():
         long = app.add_task("tests.wait_for_file", "long", str(tmp_path / "release"), priority=10)
-        quick = [
-            (app.add_task("tests.flaky", key, 0) if retry else app.add_task("tests.record", key))
-            .uuid
-            for key in QUICK
-        ]
+        quick = [app.add_task("tests.record", key).uuid for key in QUICK]
     wait_until(lambda: Execution.objects.filter(key="long").exists(), message="the long task")
     holder = TaskRecord.objects.get(uuid=long.uuid).worker_id
     rows = TaskRecord.objects.filter(uuid__in=quick)
@@ -116,8 +111,8 @@ def test_a_graceful_shutdown_hands_rows_claimed_ahead_back_at_once(
 def test_rows_claimed_ahead_by_a_dead_worker_are_rescued_and_run_elsewhere(
     worker_processes: WorkerProcesses, tmp_path: Path
 ) -> None:
-    # Retries allowed: a dead worker's rescue spends the attempt of what it held.
-    proc, _log, holder, quick = holding_worker(worker_processes, tmp_path, retry=True)
+    # Plain tasks (no retries): the rescue of what a dead worker held spends no attempt.
+    proc, _log, holder, quick = holding_worker(worker_processes, tmp_path)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     # Its heartbeat expiring, as the rescuer would see it after HEARTBEAT_TIMEOUT.
@@ -129,5 +124,5 @@ def test_rows_claimed_ahead_by_a_dead_worker_are_rescued_and_run_elsewhere(
     (tmp_path / "release").touch()
     other = tmp_path / "other.log"
     assert exit_code(worker_processes.start("--burst", *FAST, log=other), other) == 0
-    assert set(rows.values_list("status", flat=True)) == {"success"}
+    assert set(rows.values_list("status", "attempt", "rescues")) == {("success", 1, 1)}
     assert executions(QUICK) == dict.fromkeys(QUICK, 1)

@@ -185,7 +185,12 @@ def test_a_second_sigterm_leaves_at_once_and_hands_the_task_back(
     row = TaskRecord.objects.get(uuid=running)
     assert (row.status, row.attempt, row.finished_at) == ("retry", 0, None), log_text(log)
     assert [(e["type"], e["message"], e["attempt"]) for e in row.errors] == [
-        ("django_qtasks.exceptions.WorkerLost", "Task lost: its worker left before it finished.", 1)
+        (
+            "django_qtasks.exceptions.WorkerLost",
+            "Task lost: its worker left before it finished. Rescued: back to the queue "
+            "without spending an attempt.",
+            1,
+        )
     ]
 
     # At-least-once: another worker runs it again, to the end.

@@ -225,6 +225,20 @@ def test_a_queue_qtasks_does_not_allow_is_invalid() -> None:
     assert not TaskRecord.objects.exists()
 
 
+def test_a_task_is_checked_again_when_the_settings_change() -> None:
+    """Checks run once per Task object and settings, not once per enqueue: a queue
+    allowed before QTASKS changed is refused after, and allowed again after that."""
+    tasks.record_other.enqueue("before")
+    with (
+        override_settings(QTASKS={"QUEUES": ["default"]}),
+        pytest.raises(InvalidTask, match=r"QTASKS\['QUEUES'\]"),
+    ):
+        tasks.record_other.enqueue("during")
+    tasks.record_other.enqueue("after")
+    stored = TaskRecord.objects.order_by("created_at").values_list("args", flat=True)
+    assert list(stored) == [["before"], ["after"]]
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

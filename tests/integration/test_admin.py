@@ -343,6 +343,7 @@ def test_the_config_page_lists_workers_and_queues(admin_client, make_task):
     assert "expired" in html
     assert 'data-queue="reports"' in html
     assert queue_url("reports", "pause") in html
+    assert "2 global config entries" in html  # not "2 global config"
 
 
 # -- the dashboard ----------------------------------------------------------------------------

@@ -423,3 +423,23 @@ def test_add_task_honours_django_connection_health_checks(bulk):
         finally:
             connection.close()
     assert TaskRecord.objects.filter(uuid__in=[t.uuid for t in made]).count() == len(made)
+
+
+def test_what_an_enqueue_works_out_once_follows_the_settings_and_the_registry():
+    """add_task() keeps what every call of a task shares (its options, the defaults,
+    the checked queue); a task registered since, or a change of QTASKS, must show."""
+    own = QueueTasks()
+    assert own.add_task("tests.kept_later").priority == 0
+
+    def kept_later() -> None:
+        return None
+
+    own.task(name="tests.kept_later", priority=9)(kept_later)
+    assert own.add_task("tests.kept_later").priority == 9
+    assert own.add_task("tests.kept_unknown").priority == 0
+    with override_settings(QTASKS={"DEFAULT_PRIORITY": 3}):
+        assert own.add_task("tests.kept_unknown").priority == 3
+    with override_settings(QTASKS={"QUEUES": ["mail"], "DEFAULT_QUEUE": "mail"}):
+        assert own.add_task("tests.kept_unknown").queue == "mail"
+        with pytest.raises(InvalidTaskCall, match="QUEUES"):
+            own.add_task("tests.kept_unknown", queue="default")

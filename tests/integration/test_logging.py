@@ -102,10 +102,20 @@ def test_a_workers_records_about_tasks_carry_the_task_fields(run_worker, caplog)
     assert success.task_name == add.name
     assert success.queue == "default"
     assert success.duration >= 0
+    assert success.getMessage() == f"Task {add.name} {ok.uuid}: success in {success.duration:.3f} s"
     retried = finished[str(failing.uuid), 1]
     assert retried.status == "retry"
+    # The text line says which attempt failed, why, and when the next one is due.
+    assert retried.getMessage() == (
+        f"Task {always_fail.name} {failing.uuid}: attempt 1 of 2 failed after "
+        f"{retried.duration:.3f} s (RuntimeError: boom x); next try in 0.0 s"
+    )
     failed = finished[str(failing.uuid), 2]
     assert (failed.levelno, failed.status) == (logging.WARNING, "error")
     assert failed.error["message"] == "boom x"
+    assert failed.getMessage().endswith(
+        f"attempt 2 of 2 failed after {failed.duration:.3f} s (RuntimeError: boom x); "
+        "it ends in error"
+    )
     gone = next(r for r in about if getattr(r, "action", "") == "unknown_task")
     assert (gone.task_uuid, gone.task_name, gone.attempt) == (str(unknown.uuid), "nowhere.gone", 1)

@@ -1,11 +1,13 @@
 """Heartbeats, rescue, cancellation, time limits and shutdown, with real threads and rows."""
 
 import datetime as dt
+import logging
 import threading
 from pathlib import Path
 
 import pytest
 from django.db import connections
+from django.test import override_settings
 from django.utils import timezone
 
 from django_qtasks import app
@@ -17,14 +19,16 @@ from tests.testapp.models import Execution
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def stale_running(worker_id: str, *, attempt: int = 1, max_retries: int = 2) -> TaskRecord:
+def stale_running(
+    worker_id: str, *, attempt: int = 1, max_retries: int = 2, rescues: int = 0
+) -> TaskRecord:
     """A row as a worker that died mid-task leaves it."""
     now = timezone.now()
     return TaskRecord.objects.create(
         task_name="tests.record", args=["x"], status="process", worker_id=worker_id,
-        attempt=attempt, max_retries=max_retries, run_after=now, created_at=now,
-        updated_at=now, started_at=now,
-    )
+        attempt=attempt, max_retries=max_retries, rescues=rescues, run_after=now,
+        created_at=now, updated_at=now, started_at=now,
+    )  # fmt: skip
 
 
 def beat(worker_id: str, seconds: float) -> None:
@@ -35,27 +39,60 @@ def beat(worker_id: str, seconds: float) -> None:
 
 
 # -- rescue ------------------------------------------------------------------------------
-def test_tasks_of_a_dead_worker_go_back_to_retry_with_the_reason():
-    lost = stale_running("dead-worker", attempt=1, max_retries=2)
+def test_tasks_of_a_dead_worker_go_back_to_waiting_without_spending_an_attempt():
+    lost = stale_running("dead-worker", attempt=1, max_retries=0)
     rescued = app.broker.rescue()
     assert rescued == [(lost.uuid, "retry")]
     lost.refresh_from_db()
-    assert (lost.status, lost.attempt, lost.finished_at) == ("retry", 1, None)
+    # The run is the worker's loss: the attempt is not spent (the next claim makes it
+    # attempt 1 again), one rescue is counted instead.
+    assert (lost.status, lost.attempt, lost.rescues, lost.finished_at) == ("retry", 0, 1, None)
     assert lost.worker_id == "dead-worker"
+    message = (
+        "Task lost: its worker stopped sending heartbeats. Rescued: back to the queue "
+        "without spending an attempt."
+    )
     assert lost.errors == [{
         "attempt": 1, "at": lost.errors[0]["at"], "worker_id": "dead-worker",
-        "type": "django_qtasks.exceptions.WorkerLost",
-        "message": "Task lost: its worker stopped sending heartbeats.", "traceback": "",
-    }]
+        "type": "django_qtasks.exceptions.WorkerLost", "message": message, "traceback": "",
+    }]  # fmt: skip
+    assert lost.traceback == message
     assert lost.run_after <= timezone.now()
 
 
-def test_a_lost_task_without_attempts_left_ends_error():
-    lost = stale_running("dead-worker", attempt=3, max_retries=2)
-    assert app.broker.rescue() == [(lost.uuid, "error")]
+def test_a_task_lost_more_often_than_the_allowance_ends_error_with_an_error_line(caplog):
+    # Its attempts do not matter (it has retries left): the rescues do.
+    lost = stale_running("dead-worker", attempt=1, max_retries=5, rescues=3)
+    young = stale_running("dead-worker", attempt=1, max_retries=0, rescues=2)
+    with caplog.at_level(logging.WARNING, logger="django_qtasks.storage"):
+        assert sorted(app.broker.rescue("dead-worker")) == sorted(
+            [(lost.uuid, "error"), (young.uuid, "retry")]
+        )
     lost.refresh_from_db()
-    assert lost.status == "error"
+    young.refresh_from_db()
+    assert (lost.status, lost.attempt, lost.rescues) == ("error", 1, 4)
     assert lost.finished_at is not None
+    message = (
+        "Task lost 4 times, more than QTASKS['MAX_RESCUES'] = 3 allows; the last time "
+        "its worker process died. It is not run again."
+    )
+    assert lost.errors[-1]["message"] == lost.traceback == message
+    assert (young.status, young.attempt, young.rescues) == ("retry", 0, 3)
+    [final] = [r for r in caplog.records if getattr(r, "action", "") == "lost_for_good"]
+    assert final.levelno == logging.ERROR
+    assert final.task_uuid == str(lost.uuid)
+    assert message in final.getMessage()
+    [rescue] = [r for r in caplog.records if getattr(r, "action", "") == "rescue"]
+    assert (rescue.levelno, rescue.task_uuid) == (logging.WARNING, str(young.uuid))
+
+
+@override_settings(QTASKS={"MAX_RESCUES": 0})
+def test_no_rescue_allowed_ends_the_first_lost_run_in_error():
+    lost = stale_running("dead-worker")
+    assert app.broker.rescue() == [(lost.uuid, "error")]
+    assert app.get(lost.uuid).errors[-1]["message"].startswith(
+        "Task lost 1 time, more than QTASKS['MAX_RESCUES'] = 0 allows"
+    )
 
 
 def test_live_workers_keep_their_tasks_and_expired_ones_lose_them():
@@ -74,7 +111,7 @@ def test_a_rescued_task_runs_again_and_the_old_worker_cannot_overwrite_it(run_wo
     app.broker.rescue()
     run_worker()
     done = app.get(lost.uuid)
-    assert (done.status, done.attempt) == ("success", 2)
+    assert (done.status, done.attempt) == ("success", 1)  # the lost run spent nothing
     # The dead worker comes back to life and reports: nothing changes.
     from django_qtasks.api.task import Outcome
 
@@ -216,7 +253,10 @@ def test_when_the_grace_runs_out_unfinished_tasks_are_handed_back(worker_thread,
     # Handed back without spending the attempt (the task has no retries at all).
     assert (handed_back.status, handed_back.attempt, handed_back.max_retries) == ("retry", 0, 0)
     assert handed_back.errors[-1]["attempt"] == 1
-    assert handed_back.errors[-1]["message"] == "Task lost: its worker left before it finished."
+    assert handed_back.errors[-1]["message"].startswith(
+        "Task lost: its worker left before it finished. Rescued"
+    )
+    assert TaskRecord.objects.get(uuid=task.uuid).rescues == 1
     # Let the abandoned thread end, so that it lets go of the test database.
     release.touch()
     wait_until(lambda: not any(t.is_alive() for t in starter.worker._threads), message="thread")

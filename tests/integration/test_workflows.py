@@ -87,10 +87,11 @@ def test_cancelling_a_blocked_step_cancels_the_steps_after_it(run_worker):
     assert [status for _, status, _, _ in rows(flow)] == ["success", "cancel", "cancel"]
 
 
-def test_a_rescued_step_without_attempts_left_cancels_the_rest():
+def test_a_step_lost_for_good_cancels_the_rest():
     flow = chain(tasks.record("lost"), tasks.length()).add_task()
     claimed = app.broker.claim("dead-worker", None, 10)
     assert [t.uuid for t in claimed] == [flow.tasks[0].uuid]
+    TaskRecord.objects.filter(uuid=flow.tasks[0].uuid).update(rescues=3)  # its allowance spent
 
     assert app.broker.rescue("dead-worker") == [(flow.tasks[0].uuid, "error")]
     assert [t.status for t in flow.refresh().tasks] == ["error", "cancel"]

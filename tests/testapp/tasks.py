@@ -276,3 +276,60 @@ def limited_two(key: str, seconds: float = 0) -> str:
 )
 def limited_per_account(account: int, key: str, seconds: float = 0) -> str:
     return _timed(key, seconds)
+
+
+def _cut_own_connection() -> None:
+    """Have the database end this thread's session from the server side, as a failover
+    or an administrator would (the statement fails with a connection-level error)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        else:
+            cursor.execute("KILL CONNECTION_ID()")
+
+
+@app.task(name="tests.cut_once")
+def cut_once(key: str) -> int:
+    """Its first run loses its database connection (and lets the error go); the next
+    run succeeds. No retries: only a rescue can run it again."""
+    runs = Execution.objects.filter(key=key).count() + 1
+    Execution.objects.create(key=key, attempt=runs)
+    if runs == 1:
+        _cut_own_connection()
+    return runs
+
+
+@app.task(name="tests.cut_always")
+def cut_always(key: str) -> None:
+    """Loses its database connection on every run."""
+    Execution.objects.create(key=key)
+    _cut_own_connection()
+
+
+@app.task(name="tests.statement_timeout")
+def statement_timeout() -> None:
+    """A query the database cancels (statement timeout): the task's own error."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SET statement_timeout = 10")
+        cursor.execute("SELECT pg_sleep(1)")
+
+
+@app.task(name="tests.raise_operational_error")
+def raise_operational_error() -> None:
+    """Raises what a cut connection raises, without any database having said so."""
+    from django.db import OperationalError
+
+    raise OperationalError("server closed the connection unexpectedly")
+
+
+@app.task(name="tests.work")
+def work(key: str, seconds: float = 0.02) -> list[Any]:
+    """A plain task (no retries) for the fault tests: some work, then its side effect;
+    returns its key and the pid of the process that ran it (whose result was stored)."""
+    time.sleep(seconds)
+    Execution.objects.create(key=key, started=time.time(), finished=time.time())
+    return [key, os.getpid()]

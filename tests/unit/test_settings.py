@@ -16,6 +16,8 @@ def test_values_are_read_and_normalised():
     assert s.queues == ("default", "mail")
     assert s.poll_interval == 2.0
     assert s.concurrency == 8
+    assert QTasksSettings().max_rescues == 3  # a worker's death never spends a retry
+    assert build_settings({"MAX_RESCUES": 0}).max_rescues == 0
 
 
 @pytest.mark.parametrize(
@@ -32,6 +34,9 @@ def test_values_are_read_and_normalised():
         ({"POLL_INTERVAL": 0}, "'POLL_INTERVAL'"),
         ({"GRACE": -1}, "'GRACE'"),
         ({"DURABLE_CLAIMS": "yes"}, "'DURABLE_CLAIMS'"),
+        ({"MAX_RESCUES": -1}, "'MAX_RESCUES'"),
+        ({"MAX_RESCUES": 2.5}, "'MAX_RESCUES'"),
+        ({"MAX_RESCUES": None}, "'MAX_RESCUES'"),
         ({"PREPARED_STATEMENTS": "yes"}, "'PREPARED_STATEMENTS'"),
         ({"MIDDLEWARES_BEFORE": "a.b"}, "'MIDDLEWARES_BEFORE'"),
         ({"broker": "x"}, "'broker'"),
