@@ -41,7 +41,7 @@ from django_qtasks.models import (
     TaskStatus,
 )
 from django_qtasks.settings import get_settings
-from django_qtasks.storage.storage import WORKERS
+from django_qtasks.storage.interface import WORKERS
 
 if TYPE_CHECKING:
     from django.contrib.admin import ModelAdmin
