@@ -34,8 +34,9 @@ from django.views.decorators.http import require_POST
 from django_qtasks.contrib import dashboard
 from django_qtasks.exceptions import QTasksError
 from django_qtasks.global_config.counters import METRICS
+from django_qtasks.global_config.shapes import queue_flag_fault
 from django_qtasks.models import ACTIVE_STATUSES, ConfigEntry, TaskRecord, TaskStatus
-from django_qtasks.storage.storage import WORKERS
+from django_qtasks.storage.storage import QUEUES, WORKERS
 from django_qtasks.templatetags.qtasks_admin import EMPTY
 from django_qtasks.templatetags.qtasks_admin import qtasks_duration as format_duration
 from django_qtasks.templatetags.qtasks_admin import qtasks_short_time as _short_time
@@ -697,6 +698,16 @@ class ConfigEntryForm(ConfigEntryFormBase):
                 % {"name": name}
             )
         return name
+
+    def clean(self) -> dict[str, Any]:
+        """The shape of the entries the queue reads (queue flags): a bad one is refused
+        here rather than ignored, with a warning, by every worker."""
+        cleaned = super().clean() or {}
+        if cleaned.get("name") == QUEUES and "key" in cleaned and "value" in cleaned:
+            fault = queue_flag_fault(str(cleaned["key"]), cleaned["value"])
+            if fault is not None:
+                raise forms.ValidationError(_("Not a queue flag: %(fault)s.") % {"fault": fault})
+        return cleaned
 
 
 @admin.register(ConfigEntry)

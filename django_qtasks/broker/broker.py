@@ -19,6 +19,7 @@ from django.utils import timezone
 from django_qtasks.api.task import Outcome, Task, TaskSpec
 from django_qtasks.broker.listener import Listener
 from django_qtasks.global_config.counters import retire_orphans
+from django_qtasks.global_config.shapes import queue_flag_fault, worker_fault
 from django_qtasks.models import FINISHED_STATUSES
 from django_qtasks.settings import QTasksSettings
 from django_qtasks.signals import component_started, component_stopped
@@ -126,7 +127,7 @@ class BaseBroker(ABC):
         return self.storage.next_run_after(queues, exclude)
 
     def live_workers(self) -> dict[str, Any]:
-        return self.storage.global_config.items(WORKERS)
+        return self.storage.global_config.valid_items(WORKERS, worker_fault)
 
     def forget_dead_workers(self) -> int:
         """Drop expired heartbeat rows (after their tasks were rescued), and fold the dead
@@ -148,8 +149,8 @@ class BaseBroker(ABC):
             config.delete(QUEUES, queue)
 
     def paused_queues(self) -> set[str]:
-        items = self.storage.global_config.items(QUEUES)
-        return {queue for queue, value in items.items() if (value or {}).get("paused")}
+        items = self.storage.global_config.valid_items(QUEUES, queue_flag_fault)
+        return {queue for queue, value in items.items() if value.get("paused")}
 
     # Schedules and retention: Storage does the work (docs/periodic-tasks.md, retention.md).
     def add_scheduled(

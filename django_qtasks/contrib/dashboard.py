@@ -33,6 +33,7 @@ from django.utils.dateparse import parse_datetime
 from django.utils.functional import cached_property
 from django.utils.translation import gettext as _
 
+from django_qtasks.global_config.shapes import worker_fault
 from django_qtasks.models import (
     ACTIVE_STATUSES,
     WAITING_STATUSES,
@@ -410,7 +411,11 @@ def workers(now: dt.datetime | None = None, worker_id: str | None = None) -> lis
         entries = entries.filter(key=worker_id)
     return [
         WorkerRow(
-            e.key, e.value if isinstance(e.value, dict) else {}, e.expires_at, e.updated_at, now
+            e.key,
+            e.value if isinstance(e.value, dict) and not worker_fault(e.key, e.value) else {},
+            e.expires_at,
+            e.updated_at,
+            now,
         )
         for e in entries.order_by("-updated_at")[:WORKERS_CAP]
     ]
