@@ -41,7 +41,7 @@ from django_qtasks.models import (
     TaskRecord,
     TaskStatus,
 )
-from django_qtasks.settings import get_settings
+from django_qtasks.settings import QUEUE_NAME_RE, get_settings
 from django_qtasks.storage.storage import WORKERS
 
 if TYPE_CHECKING:
@@ -207,6 +207,12 @@ class QueueRow:
     oldest_ready: dt.datetime | None = None
     paused: bool = False
     now: dt.datetime = field(default_factory=timezone.now)
+
+    @property
+    def pausable(self) -> bool:
+        """Only a valid queue name can be paused (and put in the pause button's URL); a
+        row written by hand may hold any other (``a/b``)."""
+        return bool(QUEUE_NAME_RE.match(self.name))
 
     @property
     def oldest_age(self) -> dt.timedelta | None:
