@@ -4,7 +4,7 @@
 is the Worker's own code path without its threads: :class:`InlineWorker` is a
 :class:`~django_qtasks.worker.ThreadWorker` whose ``process()`` (the task context,
 the executor with its middlewares, retries and time limits, the signals) runs in the
-calling thread, and whose outcomes are stored at once by the worker's own ``_store``
+calling thread, and whose outcomes are stored at once by its completer's ``store``
 (``broker.finish_many``, the log line, ``task_finished``). Tasks are claimed through
 ``broker.claim`` like on ``qtasks_worker``. So a task ends with the same status, the
 same error history and the same row in a test as in production.
@@ -30,7 +30,7 @@ from django_qtasks.worker.worker import ThreadWorker
 if TYPE_CHECKING:
     from django_qtasks.api.queue_tasks import BaseQueueTasks
     from django_qtasks.api.task import Task
-    from django_qtasks.worker.worker import _Done
+    from django_qtasks.worker.completer import Done
 
 _timekeeper: Timekeeper | None = None
 _timekeeper_lock = threading.Lock()
@@ -67,10 +67,10 @@ class InlineWorker(ThreadWorker):
         super().__init__(app, queues=None, concurrency=1, burst=True, worker_id=worker_id)
         self.timekeeper = shared_timekeeper()
 
-    def _executed(self, done: _Done) -> None:
-        """Store the outcome now, in this thread, instead of handing it to a completer
-        (nothing is claimed ahead here: there is no next task)."""
-        self._store([done])
+    def _executed(self, done: Done) -> None:
+        """Store the outcome now, in this thread, instead of handing it to the
+        completer's thread (nothing is claimed ahead here: there is no next task)."""
+        self.completer.store([done])
 
     def run(self, stop: threading.Event, force: threading.Event, grace: float) -> bool:
         raise TypeError("InlineWorker runs tasks for its caller; it is not a QTASKS['WORKER'].")

@@ -259,4 +259,4 @@ def test_when_the_grace_runs_out_unfinished_tasks_are_handed_back(worker_thread,
     assert TaskRecord.objects.get(uuid=task.uuid).rescues == 1
     # Let the abandoned thread end, so that it lets go of the test database.
     release.touch()
-    wait_until(lambda: not any(t.is_alive() for t in starter.worker._threads), message="thread")
+    wait_until(lambda: not any(t.is_alive() for t in starter.worker.pool.threads), message="thread")
