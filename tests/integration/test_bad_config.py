@@ -10,9 +10,9 @@ import logging
 from typing import Any
 
 import pytest
+from django.contrib import admin
 from django.core.management import call_command
 from django.test import Client
-from django.contrib import admin
 from django.urls import path, reverse
 
 from django_qtasks import app

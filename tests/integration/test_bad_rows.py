@@ -25,7 +25,7 @@ def set_column(task_uuid: object, column: str, value: object, *, json: bool = Fa
     cast = "CAST(%s AS jsonb)" if json and connection.vendor == "postgresql" else "%s"
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} SET {column} = {cast} WHERE uuid = %s",  # noqa: S608
+            f"UPDATE {table} SET {column} = {cast} WHERE uuid = %s",
             [value, TaskRecord._meta.pk.get_db_prep_value(task_uuid, connection)],
         )
 
