@@ -42,7 +42,7 @@ from django_qtasks.exceptions import QTasksError
 from django_qtasks.global_config.counters import METRICS
 from django_qtasks.global_config.shapes import queue_flag_fault
 from django_qtasks.models import ACTIVE_STATUSES, ConfigEntry, TaskRecord, TaskStatus
-from django_qtasks.storage.storage import QUEUES, WORKERS
+from django_qtasks.storage.interface import QUEUES, WORKERS
 from django_qtasks.templatetags.qtasks_admin import EMPTY
 from django_qtasks.templatetags.qtasks_admin import qtasks_duration as format_duration
 from django_qtasks.templatetags.qtasks_admin import qtasks_short_time as _short_time

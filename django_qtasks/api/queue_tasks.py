@@ -57,7 +57,7 @@ from django_qtasks.global_config.global_config import BaseGlobalConfig
 from django_qtasks.settings import QTasksSettings, get_settings, import_component
 from django_qtasks.storage.concurrency import check_options as check_concurrency_options
 from django_qtasks.storage.concurrency import resolve_group
-from django_qtasks.storage.storage import BaseStorage
+from django_qtasks.storage.interface import BaseStorage
 from django_qtasks.worker.executor import resolve_middlewares
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from django_qtasks.models import FINISHED_STATUSES
 from django_qtasks.settings import QTasksSettings
 from django_qtasks.signals import component_started, component_stopped
 from django_qtasks.storage.cursors import session_state_wanted
-from django_qtasks.storage.storage import QUEUES, WORKERS, BaseStorage, LastRun
+from django_qtasks.storage.interface import QUEUES, WORKERS, BaseStorage, LastRun
 
 
 class BaseBroker(ABC):

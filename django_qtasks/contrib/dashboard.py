@@ -42,7 +42,7 @@ from django_qtasks.models import (
     TaskStatus,
 )
 from django_qtasks.settings import QUEUE_NAME_RE, get_settings
-from django_qtasks.storage.storage import WORKERS
+from django_qtasks.storage.interface import WORKERS
 
 if TYPE_CHECKING:
     from django.contrib.admin import ModelAdmin

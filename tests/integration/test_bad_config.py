@@ -19,7 +19,7 @@ from django_qtasks import app
 from django_qtasks.contrib.metrics import metrics_view
 from django_qtasks.global_config.counters import METRICS
 from django_qtasks.models import ConfigEntry, TaskRecord
-from django_qtasks.storage.storage import QUEUES, WORKERS
+from django_qtasks.storage.interface import QUEUES, WORKERS
 from tests.testapp import tasks
 
 urlpatterns = [path("admin/", admin.site.urls), path("metrics", metrics_view)]
