@@ -1,7 +1,7 @@
 """QueueTasks: the object users touch. It registers tasks, enqueues and reads them.
 
-It knows the Broker (built from ``settings.QTASKS``, owning Storage and GlobalConfig)
-and builds the Worker and the Starter for ``qtasks_worker``. ``QueueTasks`` speaks
+It knows the Broker (built from ``settings.QTASKS``, owning Storage and GlobalConfig);
+the worker side is built by :mod:`django_qtasks.worker.starter`. ``QueueTasks`` speaks
 plain calls; ``AsyncQueueTasks`` is its async twin over the same registry and broker.
 """
 
@@ -43,7 +43,7 @@ from django_qtasks.api.task import (
     TaskOptions,
     TaskSpec,
 )
-from django_qtasks.broker.broker import BaseBroker
+from django_qtasks.broker.broker import BaseBroker, build_broker
 from django_qtasks.cron import CronError, validate_cron, validate_tz
 from django_qtasks.exceptions import (
     InvalidTaskCall,
@@ -53,11 +53,9 @@ from django_qtasks.exceptions import (
     TaskRegistrationError,
     WouldDeadlock,
 )
-from django_qtasks.global_config.global_config import BaseGlobalConfig
-from django_qtasks.settings import QTasksSettings, get_settings, import_component
+from django_qtasks.settings import QTasksSettings, get_settings
 from django_qtasks.storage.concurrency import check_options as check_concurrency_options
 from django_qtasks.storage.concurrency import resolve_group
-from django_qtasks.storage.interface import BaseStorage
 from django_qtasks.worker.executor import resolve_middlewares
 
 if TYPE_CHECKING:
@@ -68,18 +66,6 @@ if TYPE_CHECKING:
 #: Spec builders an app keeps for single calls (task names x explicit priorities and
 #: queues in use); past it they are made again.
 MAX_BUILDERS = 512
-
-
-def build_broker(settings: QTasksSettings) -> BaseBroker:
-    """Broker -> Storage -> GlobalConfig, each class taken from the settings."""
-    global_config: BaseGlobalConfig = import_component(settings, "global_config", BaseGlobalConfig)(
-        settings
-    )
-    storage: BaseStorage = import_component(settings, "storage", BaseStorage)(
-        settings, global_config
-    )
-    broker: BaseBroker = import_component(settings, "broker", BaseBroker)(settings, storage)
-    return broker
 
 
 @dataclass(frozen=True)
@@ -468,44 +454,23 @@ class BaseQueueTasks:
         worker_class: type[BaseWorker] | None = None,
         worker_options: dict[str, Any] | None = None,
     ) -> Starter:
-        """The Starter for one worker process: the Worker and this app's Broker.
+        """The Starter for one worker process, around this app's Broker and registry;
+        see :func:`django_qtasks.worker.starter.build_starter`."""
+        from django_qtasks.worker.starter import build_starter
 
-        With ``processes``, the Worker is a :class:`~django_qtasks.pool.ProcessPoolWorker`
-        supervising that many children; otherwise the ``QTASKS['WORKER']`` class.
-        """
-        from django_qtasks.worker.pool import ProcessPoolWorker
-        from django_qtasks.worker.starter import Starter
-        from django_qtasks.worker.worker import BaseWorker
-
-        settings = self.settings
-        for queue in queues or ():
-            validate_queue(queue, settings.queues)
-        if not burst:
-            from django_qtasks.worker.scheduler import collect_schedules
-
-            collect_schedules(self)  # a bad schedule stops the worker before it starts
-        grace = settings.grace if grace is None else grace
-        options: dict[str, Any] = {
-            "queues": list(queues) if queues else None,
-            "concurrency": concurrency or settings.concurrency,
-            "burst": burst,
-            "poll_interval": settings.poll_interval if poll_interval is None else poll_interval,
-            **(worker_options or {}),
-        }
-        if processes:
-            worker_class = ProcessPoolWorker
-            options.update(
-                processes=processes,
-                max_tasks_per_child=max_tasks_per_child,
-                grace=grace,
-                verbosity=verbosity,
-            )
-        elif worker_class is None:
-            worker_class = import_component(settings, "worker", BaseWorker)
-        worker = worker_class(self, **options)
-        starter_cls = import_component(settings, "starter", Starter)
-        starter: Starter = starter_cls(worker=worker, broker=self.broker, grace=grace)
-        return starter
+        return build_starter(
+            self,
+            queues=queues,
+            concurrency=concurrency,
+            burst=burst,
+            poll_interval=poll_interval,
+            grace=grace,
+            processes=processes,
+            max_tasks_per_child=max_tasks_per_child,
+            verbosity=verbosity,
+            worker_class=worker_class,
+            worker_options=worker_options,
+        )
 
 
 class _Waiter:

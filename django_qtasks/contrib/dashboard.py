@@ -31,13 +31,14 @@ from django.utils.dateparse import parse_datetime
 from django.utils.functional import cached_property
 from django.utils.translation import gettext as _
 
+from django_qtasks.global_config.shapes import worker_fault
 from django_qtasks.models import (
     WAITING_STATUSES,
     ConfigEntry,
     TaskRecord,
     TaskStatus,
 )
-from django_qtasks.settings import get_settings
+from django_qtasks.settings import QUEUE_NAME_RE, get_settings
 from django_qtasks.storage import reads
 
 if TYPE_CHECKING:
@@ -161,6 +162,12 @@ class QueueRow:
     oldest_ready: dt.datetime | None = None
     paused: bool = False
     now: dt.datetime = field(default_factory=timezone.now)
+
+    @property
+    def pausable(self) -> bool:
+        """Only a valid queue name can be paused (and put in the pause button's URL); a
+        row written by hand may hold any other (``a/b``)."""
+        return bool(QUEUE_NAME_RE.match(self.name))
 
     @property
     def oldest_age(self) -> dt.timedelta | None:
@@ -337,7 +344,11 @@ def workers(now: dt.datetime | None = None, worker_id: str | None = None) -> lis
     now = now or timezone.now()
     return [
         WorkerRow(
-            e.key, e.value if isinstance(e.value, dict) else {}, e.expires_at, e.updated_at, now
+            e.key,
+            e.value if isinstance(e.value, dict) and not worker_fault(e.key, e.value) else {},
+            e.expires_at,
+            e.updated_at,
+            now,
         )
         for e in reads.heartbeats(_alias(), WORKERS_CAP, worker_id)
     ]

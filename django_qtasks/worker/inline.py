@@ -80,14 +80,14 @@ class InlineWorker(ThreadWorker):
     ) -> Task | None:
         """Claim one waiting task, whatever its ``run_after``, and run it (see
         :meth:`run_claimed`). ``None`` if it was not waiting or its queue is excluded."""
-        claimed = self.app.broker.claim(self.worker_id, None, 1, exclude=exclude, uuids=[uuid])
+        claimed = self.broker.claim(self.worker_id, None, 1, exclude=exclude, uuids=[uuid])
         return self.run_claimed(claimed[0], retries=retries) if claimed else None
 
     def run_claimed(self, task: Task, *, retries: bool = True) -> Task:
         """Run a task this worker claimed and return it as stored. With ``retries``, a
         failed attempt that may be retried runs again at once, the backoff skipped,
         until the task is finished; without, it is left in ``retry``."""
-        broker = self.app.broker
+        broker = self.broker
         while True:
             self.process(task)
             stored = broker.get(task.uuid)
@@ -101,8 +101,8 @@ class InlineWorker(ThreadWorker):
     def claim_next(self, queues: Sequence[str] | None, limit: int = 1) -> list[Task]:
         """The next ready tasks in claim order, as a worker would claim them (paused
         queues are left alone)."""
-        paused = self.app.paused_queues()
-        return self.app.broker.claim(self.worker_id, queues, limit, exclude=paused)
+        paused = self.broker.paused_queues()
+        return self.broker.claim(self.worker_id, queues, limit, exclude=paused)
 
 
 def run_immediately(app: BaseQueueTasks, tasks: list[Task]) -> list[Task]:

@@ -68,14 +68,20 @@ class BaseWorker(ABC):
         worker_id: str | None = None,
         heartbeat_file: str | None = None,
     ) -> None:
+        # What the worker uses, taken once: the Broker (its only path to Storage and
+        # GlobalConfig), the registry of tasks, the settings. ``app`` stays for the
+        # scheduler and as the sender of the task signals.
         self.app = app
+        self.broker = app.broker
+        self.registry = app.registry
+        self.settings = app.settings
         self.queues = queues
         self.concurrency = concurrency
         self.burst = burst
         self.poll_interval = poll_interval
         self.worker_id = worker_id or make_worker_id()
         # Touched on each heartbeat that reached the database (a liveness probe's file).
-        self.heartbeat_file = heartbeat_file or app.settings.heartbeat_file
+        self.heartbeat_file = heartbeat_file or self.settings.heartbeat_file
 
     def start(self) -> None:
         signals.component_started.send(sender=type(self), component=self, name=self.component_name)
@@ -95,8 +101,8 @@ class ThreadWorker(BaseWorker):
 
     def __init__(self, app: BaseQueueTasks, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
-        settings = app.settings
-        broker = app.broker
+        settings = self.settings
+        broker = self.broker
         self.slots = Slots(self.concurrency, settings.prefetch)
         self.retry = DatabaseRetry(
             settings.database,
@@ -169,8 +175,8 @@ class ThreadWorker(BaseWorker):
     # -- main loop -----------------------------------------------------------------------
     def run(self, stop: threading.Event, force: threading.Event, grace: float) -> bool:
         self.heartbeat = Heartbeat(
-            broker=self.app.broker,
-            settings=self.app.settings,
+            broker=self.broker,
+            settings=self.settings,
             worker_id=self.worker_id,
             info={"queues": self.queues, "concurrency": self.concurrency},
             running=lambda: self.in_flight,
@@ -195,7 +201,7 @@ class ThreadWorker(BaseWorker):
         return clean
 
     def _flush_counters(self) -> None:
-        self.counters.flush(self.app.broker.storage.global_config, self.worker_id)
+        self.counters.flush(self.broker.config, self.worker_id)
 
     def _set_paused(self, queues: set[str]) -> None:
         if queues != self.claims.paused:
@@ -225,7 +231,7 @@ class ThreadWorker(BaseWorker):
 
     def _leave(self) -> None:
         """Stop the heartbeat, hand back unfinished tasks, and deregister."""
-        broker = self.app.broker
+        broker = self.broker
         if self.heartbeat is not None:
             self.heartbeat.stop()
         unfinished = self.in_flight
@@ -238,7 +244,7 @@ class ThreadWorker(BaseWorker):
                     extra={"action": "handed_back"},
                 )
             broker.forget_worker(self.worker_id)
-            self.counters.retire(broker.storage.global_config, self.worker_id)
+            self.counters.retire(broker.config, self.worker_id)
         except DatabaseError:
             logger.warning(
                 "Could not deregister; the heartbeat will expire and others will rescue "
@@ -260,7 +266,7 @@ class ThreadWorker(BaseWorker):
         """Run one claimed task and hand its outcome to the completer; never raises.
         Returns the thread's next task when one waits in the buffer."""
         try:
-            definition = self.app.registry.get(task.task_name)
+            definition = self.registry.get(task.task_name)
         except TaskNotRegistered as exc:
             outcome = Outcome(
                 status=TaskStatus.ERROR, error=describe_exception(exc), traceback=str(exc)
@@ -306,5 +312,5 @@ class ThreadWorker(BaseWorker):
         if cls is None:
             return self.default_executor
         if cls not in self._executors:
-            self._executors[cls] = cls(self.app.settings)
+            self._executors[cls] = cls(self.settings)
         return self._executors[cls]
