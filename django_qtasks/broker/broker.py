@@ -20,6 +20,7 @@ from django_qtasks.api.task import Outcome, Task, TaskSpec
 from django_qtasks.broker.listener import Listener
 from django_qtasks.global_config.counters import retire_orphans
 from django_qtasks.global_config.global_config import BaseGlobalConfig
+from django_qtasks.global_config.shapes import queue_flag_fault, worker_fault
 from django_qtasks.models import FINISHED_STATUSES
 from django_qtasks.settings import QTasksSettings, import_component
 from django_qtasks.signals import component_started, component_stopped
@@ -141,7 +142,7 @@ class BaseBroker(ABC):
         return self.storage.next_run_after(queues, exclude)
 
     def live_workers(self) -> dict[str, Any]:
-        return self.config.items(WORKERS)
+        return self.config.valid_items(WORKERS, worker_fault)
 
     def forget_dead_workers(self) -> int:
         """Drop expired heartbeat rows (after their tasks were rescued), and fold the dead
@@ -163,8 +164,8 @@ class BaseBroker(ABC):
             config.delete(QUEUES, queue)
 
     def paused_queues(self) -> set[str]:
-        items = self.config.items(QUEUES)
-        return {queue for queue, value in items.items() if (value or {}).get("paused")}
+        items = self.config.valid_items(QUEUES, queue_flag_fault)
+        return {queue for queue, value in items.items() if value.get("paused")}
 
     # Schedules and retention: Storage does the work (docs/periodic-tasks.md, retention.md).
     def add_scheduled(
