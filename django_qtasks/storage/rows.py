@@ -17,8 +17,7 @@ import uuid as uuid_lib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from django_qtasks.api.options import MAX_DEPTH, check_value
-from django_qtasks.api.task import Task, TaskSpec, check_json
+from django_qtasks.api.task import MAX_DEPTH, Task, TaskSpec, check_json, check_value
 from django_qtasks.exceptions import InvalidTaskCall
 from django_qtasks.models import (
     TaskRecord,
