@@ -6,6 +6,12 @@ nothing itself. Retry, cancel, pause and resume call the library (``app.retry``,
 does exactly what the same call does in code. Every change needs the model's change
 permission (delete: its delete permission) and arrives as a POST with Django's CSRF
 token.
+
+Why one module of more than 500 lines: most of it is ``TaskRecordAdmin``, one
+``ModelAdmin`` whose list, change page, actions and extra views (retry, cancel, the
+dashboard, routed by ``get_urls``) Django looks up on the class itself; spread over
+modules, the class would still be one, only harder to read. The filters before it and
+the GlobalConfig admin after it are short; the queries all live in ``storage/reads.py``.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 It knows the Broker (built from ``settings.QTASKS``, owning Storage and GlobalConfig);
 the worker side is built by :mod:`django_qtasks.worker.starter`. ``QueueTasks`` speaks
 plain calls; ``AsyncQueueTasks`` is its async twin over the same registry and broker.
+
+Why one module of more than 500 lines: it is the whole of the user's API, each call
+beside its async twin so that the two never drift apart; what is not the API itself
+lives elsewhere (enqueue options in :mod:`.options`, the worker side in ``worker/``).
 """
 
 from __future__ import annotations

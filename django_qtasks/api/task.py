@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 # Their old import path: the checks live with EnqueueOptions now.
+from django_qtasks.api.options import MAX_DEPTH as MAX_DEPTH
 from django_qtasks.api.options import EnqueueOptions as EnqueueOptions
 from django_qtasks.api.options import RunAfter as RunAfter
 from django_qtasks.api.options import check_json as check_json
+from django_qtasks.api.options import check_value as check_value
 from django_qtasks.api.options import enqueue_options
 from django_qtasks.api.options import resolve_run_after as resolve_run_after
 from django_qtasks.api.options import validate_priority as validate_priority

@@ -21,13 +21,13 @@ from typing import Any
 from django.db import connections, transaction
 from django.utils import timezone
 
-from django_qtasks.api.task import Task
+from django_qtasks.api.task import Outcome, Task
 from django_qtasks.models import (
     TaskRecord,
     TaskStatus,
 )
 from django_qtasks.storage.concurrency import LOCK_CLASS, lock_key
-from django_qtasks.storage.rows import _CLAIM_COLUMNS, _snapshot_from_pg_row
+from django_qtasks.storage.rows import _CLAIM_COLUMNS, BadRow, _snapshot_from_pg_row
 from django_qtasks.storage.table import TableStorage
 
 logger = logging.getLogger("django_qtasks.storage")
@@ -142,10 +142,17 @@ class ClaimMixin(TableStorage):
                     "finished_at": None,
                 }
                 tasks = []
+                bad: list[BadRow] = []
                 for row in cursor.fetchall():
-                    tasks.append(_snapshot_from_pg_row(row[:-1], known))
+                    try:
+                        tasks.append(_snapshot_from_pg_row(row[:-1], known))
+                    except BadRow as exc:
+                        bad.append(exc)
+                        continue
                     if row[-1] is not None:
                         was[tasks[-1].uuid] = row[-1]
+            if bad:
+                self._fail_bad_rows(bad)
         else:
             tasks = []
             for record in self._records().raw(sql, all_params):
@@ -154,6 +161,19 @@ class ClaimMixin(TableStorage):
                     was[record.uuid] = getattr(record, _PREVIOUS)
         tasks.sort(key=_claim_order)
         return tasks, was
+
+    def _fail_bad_rows(self, bad: list[BadRow]) -> None:
+        """End each claimed row that cannot be run in ``error``, at once and alone: the
+        rest of its batch runs. Never retried: it would fail the same way."""
+        for exc in bad:
+            logger.error("Task %s: %s", exc.task.uuid, exc, extra={"task_uuid": exc.task.uuid})
+        error = {"type": "django_qtasks.exceptions.BadTaskRow"}
+        self.finish_many(
+            [
+                (exc.task, Outcome(status=TaskStatus.ERROR, error={**error, "message": str(exc)}))
+                for exc in bad
+            ]
+        )
 
     def _claim_where(
         self,

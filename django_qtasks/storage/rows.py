@@ -17,7 +17,7 @@ import uuid as uuid_lib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from django_qtasks.api.task import Task, TaskSpec, check_json
+from django_qtasks.api.task import MAX_DEPTH, Task, TaskSpec, check_json, check_value
 from django_qtasks.exceptions import InvalidTaskCall
 from django_qtasks.models import (
     TaskRecord,
@@ -210,8 +210,15 @@ def _pg_insert_one_sql() -> str:
 # literals, and one timestamp fills run_after, created_at and updated_at. Each bound
 # parameter costs psycopg a dump and the server an input conversion, every call.
 _PLAIN = {
-    "uuid": 0, "name": 1, "queue": 2, "priority": 3, "args": 5, "kwargs": 6, "retries": 7,
-    "now": 9, "tags": 12,
+    "uuid": 0,
+    "name": 1,
+    "queue": 2,
+    "priority": 3,
+    "args": 5,
+    "kwargs": 6,
+    "retries": 7,
+    "now": 9,
+    "tags": 12,
 }  # fmt: skip  (parameter name: its position in an _INSERT_COLUMNS row)
 _PLAIN_VALUES = {
     "uuid": "%(uuid)s::uuid", "task_name": "%(name)s::text", "queue": "%(queue)s::text",
@@ -254,7 +261,6 @@ def _insert_fields() -> list[Any]:
     return [TaskRecord._meta.get_field(name) for name in _INSERT_COLUMNS]
 
 
-
 # What a claim reads back on PostgreSQL: the rest of the snapshot is known already
 # (status, worker, times), and every column not read is a value not parsed.
 _CLAIM_COLUMNS = (
@@ -270,13 +276,46 @@ _CLAIM_JSON = tuple(
 _EMPTY_JSON: dict[str, Callable[[], Any]] = {"[]": list, "{}": dict}
 
 
+class BadRow(ValueError):
+    """A claimed row that cannot become a task snapshot (JSON nested too deep to decode,
+    arguments of the wrong shape): written past enqueue's checks, by hand or another
+    program. ``task`` is its snapshot with empty JSON columns, to fail it by."""
+
+    def __init__(self, message: str, task: Task) -> None:
+        super().__init__(message)
+        self.task = task
+
+
+# The JSON columns of a snapshot as a bad row's stand-in has them.
+_BLANK_JSON: dict[str, Any] = {"args": "[]", "kwargs": "{}", "errors": "[]", "progress": None,
+                               "tags": "[]"}  # fmt: skip
+
+
 def _snapshot_from_pg_row(row: Sequence[Any], known: dict[str, Any]) -> Task:
+    """The snapshot of one claimed row; :class:`BadRow` if its JSON cannot be decoded
+    or its arguments are not a list and an object, so that it fails alone."""
     values = dict(zip(_CLAIM_COLUMNS, row, strict=True))
-    for name in _CLAIM_JSON:
-        value = values[name]
-        if isinstance(value, str):  # Django's psycopg setup leaves jsonb as text
-            empty = _EMPTY_JSON.get(value)
-            values[name] = empty() if empty else json.loads(value)
+    try:
+        for name in _CLAIM_JSON:
+            value = values[name]
+            if isinstance(value, str):  # Django's psycopg setup leaves jsonb as text
+                empty = _EMPTY_JSON.get(value)
+                values[name] = empty() if empty else json.loads(value)
+                if len(value) > MAX_DEPTH and value.count("[") + value.count("{") > MAX_DEPTH:
+                    check_value(name, values[name])  # deeper than enqueue allows
+        if not isinstance(values["args"], list) or not isinstance(values["kwargs"], dict):
+            raise TypeError("its args must be a JSON array and its kwargs a JSON object")
+    except (RecursionError, ValueError, TypeError, InvalidTaskCall) as exc:
+        if isinstance(exc, RecursionError):
+            exc = RecursionError("its JSON nests too deep to decode")
+        blank = [
+            _BLANK_JSON.get(name, value) for name, value in zip(_CLAIM_COLUMNS, row, strict=True)
+        ]
+        raise BadRow(
+            f"The task's row cannot be run: {exc}. It was not written by add_task(), "
+            "which refuses such values (docs/tasks.md#limits).",
+            _snapshot_from_pg_row(blank, known),
+        ) from None
     values.update(known)
     return Task.from_fields(values)
 

@@ -46,3 +46,26 @@ def test_the_dashboard_shows_a_queue_whose_name_cannot_be_paused(admin_client) -
         assert response.status_code == 200
         assert b"a/b" in response.content
     assert app.get(task.uuid) is not None
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_row_that_cannot_be_decoded_fails_alone_and_the_batch_runs(run_worker) -> None:
+    """Arguments nested 5,000 deep or of the wrong JSON shape, written by hand: each such
+    row ends error with a clear message, and the good tasks claimed with it run."""
+    deep = "[" * 5000 + "]" * 5000
+    bad = {}
+    for column, value in [("args", deep), ("kwargs", deep), ("args", '{"a": 1}'),
+                          ("args", '"text"'), ("kwargs", "[1]")]:  # fmt: skip
+        task = tasks.add.add_task(1, 2)
+        set_column(task.uuid, column, value, json=True)
+        bad[task.uuid] = column
+    good = [tasks.add.add_task(i, 1) for i in range(4)]
+    assert run_worker(concurrency=8) == 0
+    for task in good:
+        assert TaskRecord.objects.get(uuid=task.uuid).returning == task.args[0] + 1
+    for uuid in bad:
+        row = TaskRecord.objects.only("status", "errors").get(uuid=uuid)
+        assert row.status == "error"
+        assert row.errors[-1]["type"] == "django_qtasks.exceptions.BadTaskRow"
+        assert "cannot be run" in row.errors[-1]["message"]
