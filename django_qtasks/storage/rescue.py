@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import random
 import uuid as uuid_lib
 from collections.abc import Collection
 from typing import Any
@@ -31,6 +32,8 @@ from django_qtasks.storage.rows import _as_uuid
 from django_qtasks.storage.table import _NOW, CANCELLED, WORKER_LOST
 
 logger = logging.getLogger("django_qtasks.storage")
+# Seconds over which the tasks rescued together are spread (see RescueMixin._spread).
+RESCUE_SPREAD = 2.0
 
 
 def lost_for_good(why: str, allowance: int) -> str:
@@ -122,6 +125,9 @@ class RescueMixin(FlowMixin):
             failed = [uuid for uuid, status in changed if status == TaskStatus.ERROR]
             if failed:
                 self._cancel_flows_after(failed)
+            back = [uuid for uuid, status in changed if status == TaskStatus.RETRY]
+            if len(back) > 1:
+                self._spread(back, delay)
         for uuid, status in changed:
             if status == TaskStatus.ERROR:
                 logger.error(
@@ -138,6 +144,34 @@ class RescueMixin(FlowMixin):
                     extra={"action": "rescue", "task_uuid": str(uuid), "status": status},
                 )
         return changed
+
+    def _spread(self, uuids: list[uuid_lib.UUID], delay: float) -> None:
+        """Give each of these rescued tasks its own moment within RESCUE_SPREAD seconds.
+
+        Rescued together (one dead worker's), they would be claimed together again, in
+        one batch, by one worker: if one of them is what killed the worker, it would
+        take the same companions with it every time, until their rescue allowance was
+        spent too. Spread out, a task that keeps killing its worker goes down alone.
+        """
+        connection = connections[self.alias]
+        ops = connection.ops
+        pk = TaskRecord._meta.pk
+        table = ops.quote_name(TaskRecord._meta.db_table)
+        start = timezone.now() + dt.timedelta(seconds=delay)
+        with connection.cursor() as cursor:
+            for at in range(0, len(uuids), 500):
+                chunk = [pk.get_db_prep_value(uuid, connection) for uuid in uuids[at : at + 500]]
+                params: list[Any] = []
+                for uuid in chunk:
+                    offset = dt.timedelta(seconds=random.uniform(0, RESCUE_SPREAD))  # noqa: S311
+                    params += [uuid, ops.adapt_datetimefield_value(start + offset)]
+                marks = ", ".join(["%s"] * len(chunk))
+                cursor.execute(
+                    f"UPDATE {table} SET run_after = CASE uuid "
+                    f"{' '.join(['WHEN %s THEN %s'] * len(chunk))} END "
+                    f"WHERE status = '{TaskStatus.RETRY.value}' AND uuid IN ({marks})",
+                    [*params, *chunk],
+                )
 
     def release(self, worker_id: str, uuids: Collection[uuid_lib.UUID]) -> int:
         if not uuids:
