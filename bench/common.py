@@ -73,8 +73,10 @@ def worker_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "django", "qtasks_worker", *args]
 
 
-def start_worker(url: str, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **worker_env(url)}
+def start_worker(
+    url: str, *args: str, log: Path | None = None, settings: str = "bench.settings"
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **worker_env(url, settings)}
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     try:
         return subprocess.Popen(

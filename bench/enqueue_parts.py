@@ -50,7 +50,7 @@ def main() -> None:
     from django.utils import timezone
 
     from django_qtasks import app
-    from django_qtasks.storage.storage import _new_rows, pg_insert_one
+    from django_qtasks.storage.rows import _new_rows, pg_insert_one
 
     if args.async_commit:
         alone.conn.execute("SET synchronous_commit = off")

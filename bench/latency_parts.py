@@ -44,7 +44,7 @@ def probed_worker(concurrency: int, out: str) -> None:
     from django.core.management import call_command
 
     from django_qtasks.broker import listener
-    from django_qtasks.storage import storage
+    from django_qtasks.storage import django_storage
     from django_qtasks.worker import worker
     events: list[tuple[str, float]] = []
 
@@ -60,7 +60,7 @@ def probed_worker(concurrency: int, out: str) -> None:
         setattr(cls, name, probed)
 
     probe(listener.Listener, "wait", "woke")
-    probe(storage.DjangoStorage, "claim", "claimed")
+    probe(django_storage.DjangoStorage, "claim", "claimed")
     original_process = worker.ThreadWorker.process
 
     def process(self: Any, task: Any) -> None:

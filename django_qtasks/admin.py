@@ -6,6 +6,12 @@ nothing itself. Retry, cancel, pause and resume call the library (``app.retry``,
 does exactly what the same call does in code. Every change needs the model's change
 permission (delete: its delete permission) and arrives as a POST with Django's CSRF
 token.
+
+Why one module of more than 500 lines: most of it is ``TaskRecordAdmin``, one
+``ModelAdmin`` whose list, change page, actions and extra views (retry, cancel, the
+dashboard, routed by ``get_urls``) Django looks up on the class itself; spread over
+modules, the class would still be one, only harder to read. The filters before it and
+the GlobalConfig admin after it are short; the queries all live in ``storage/reads.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,13 @@ from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseRedirect,
+)
 from django.shortcuts import redirect
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
@@ -34,8 +46,9 @@ from django.views.decorators.http import require_POST
 from django_qtasks.contrib import dashboard
 from django_qtasks.exceptions import QTasksError
 from django_qtasks.global_config.counters import METRICS
+from django_qtasks.global_config.shapes import queue_flag_fault
 from django_qtasks.models import ACTIVE_STATUSES, ConfigEntry, TaskRecord, TaskStatus
-from django_qtasks.storage.storage import WORKERS
+from django_qtasks.storage.interface import QUEUES, WORKERS
 from django_qtasks.templatetags.qtasks_admin import EMPTY
 from django_qtasks.templatetags.qtasks_admin import qtasks_duration as format_duration
 from django_qtasks.templatetags.qtasks_admin import qtasks_short_time as _short_time
@@ -98,6 +111,14 @@ def _url_name(model_admin: admin.ModelAdmin[Any], view: str) -> str:
 def _pretty_json(value: Any) -> SafeString:
     text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
     return format_html('<pre class="qtasks-pre">{}</pre>', text)
+
+
+def _refuse_nul(request: HttpRequest) -> HttpResponse | None:
+    """400 for a filter or search holding NUL (``?queue=%00``): no row can match it, and
+    PostgreSQL refuses it in a query with an error that would be a 500."""
+    if any("\x00" in value for _key, values in request.GET.lists() for value in values):
+        return HttpResponseBadRequest(_("A filter or search must not contain NUL characters."))
+    return None
 
 
 class DistinctValueFilter(admin.SimpleListFilter):
@@ -592,7 +613,7 @@ class TaskRecordAdmin(TaskRecordAdminBase):
     ) -> HttpResponse:
         if request.method == "POST":
             self._refuse_forbidden_actions(request)
-        return super().changelist_view(request, extra_context)
+        return _refuse_nul(request) or super().changelist_view(request, extra_context)
 
     def _refuse_forbidden_actions(self, request: HttpRequest) -> None:
         """403 for an action the user may not run. Django would answer "no action
@@ -698,6 +719,16 @@ class ConfigEntryForm(ConfigEntryFormBase):
             )
         return name
 
+    def clean(self) -> dict[str, Any]:
+        """The shape of the entries the queue reads (queue flags): a bad one is refused
+        here rather than ignored, with a warning, by every worker."""
+        cleaned = super().clean() or {}
+        if cleaned.get("name") == QUEUES and "key" in cleaned and "value" in cleaned:
+            fault = queue_flag_fault(str(cleaned["key"]), cleaned["value"])
+            if fault is not None:
+                raise forms.ValidationError(_("Not a queue flag: %(fault)s.") % {"fault": fault})
+        return cleaned
+
 
 @admin.register(ConfigEntry)
 class ConfigEntryAdmin(ConfigEntryAdminBase):
@@ -762,6 +793,9 @@ class ConfigEntryAdmin(ConfigEntryAdminBase):
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
+        refused = _refuse_nul(request)
+        if refused is not None:
+            return refused
         if self.has_view_permission(request):
             now = timezone.now()
             queues, capped = dashboard.queue_stats(now)

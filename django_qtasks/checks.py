@@ -11,7 +11,7 @@ from django.utils.module_loading import import_string
 
 from django_qtasks.exceptions import ConfigurationError
 from django_qtasks.settings import get_settings
-from django_qtasks.storage.storage import SUPPORTED_VENDORS, supported_vendor_list
+from django_qtasks.storage.table import SUPPORTED_VENDORS, supported_vendor_list
 
 MIN_SQLITE = (3, 35)  # UPDATE ... RETURNING
 

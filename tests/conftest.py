@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -11,6 +10,7 @@ import pytest
 from django.db import connection
 
 from django_qtasks import app as project_app
+from tests.helpers import kill_all
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,10 +76,7 @@ class WorkerProcesses:
         return proc
 
     def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
+        kill_all(self.procs)
 
 
 @pytest.fixture

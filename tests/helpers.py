@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -68,3 +70,11 @@ def in_threads(
     assert not any(thread.is_alive() for thread in threads), "a thread did not finish"
     if errors:
         raise errors[0]
+
+
+def kill_all(procs: Iterable[subprocess.Popen[bytes]]) -> None:
+    """SIGKILL the worker processes a test started that still run, and reap them all."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)

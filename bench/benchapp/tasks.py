@@ -8,12 +8,23 @@ from django_qtasks import app
 from .models import SideEffect
 
 
-@app.task(name="bench.chaos", retry=20, retry_backoff=0.05)
-def chaos(key: int, work: float) -> int:
+def _work(key: int, work: float) -> int:
     """A little work, then a side effect; a worker may be killed at any point of it."""
     time.sleep(work)
     SideEffect.objects.create(key=key, pid=os.getpid())
     return key
+
+
+@app.task(name="bench.plain")
+def plain(key: int, work: float) -> int:
+    """What a new user writes: no ``retry=`` (bench/chaos.py's default task)."""
+    return _work(key, work)
+
+
+@app.task(name="bench.chaos", retry=20, retry_backoff=0.05)
+def chaos(key: int, work: float) -> int:
+    """The same with retries (``bench/chaos.py --task bench.chaos``)."""
+    return _work(key, work)
 
 
 @app.task(name="bench.noop")

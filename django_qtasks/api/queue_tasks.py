@@ -1,8 +1,12 @@
 """QueueTasks: the object users touch. It registers tasks, enqueues and reads them.
 
-It knows the Broker (built from ``settings.QTASKS``, owning Storage and GlobalConfig)
-and builds the Worker and the Starter for ``qtasks_worker``. ``QueueTasks`` speaks
+It knows the Broker (built from ``settings.QTASKS``, owning Storage and GlobalConfig);
+the worker side is built by :mod:`django_qtasks.worker.starter`. ``QueueTasks`` speaks
 plain calls; ``AsyncQueueTasks`` is its async twin over the same registry and broker.
+
+Why one module of more than 500 lines: it is the whole of the user's API, each call
+beside its async twin so that the two never drift apart; what is not the API itself
+lives elsewhere (enqueue options in :mod:`.options`, the worker side in ``worker/``).
 """
 
 from __future__ import annotations
@@ -21,21 +25,29 @@ from django.db import connections
 from django.utils.module_loading import import_string
 
 from django_qtasks import signals
+from django_qtasks.api.options import (
+    NO_OPTIONS,
+    EnqueueOptions,
+    RunAfter,
+    check_call_shape,
+    check_json,
+    enqueue_options,
+    resolve_run_after,
+    validate_key,
+    validate_priority,
+    validate_queue,
+    validate_timeout,
+)
 from django_qtasks.api.task import (
     AsyncTask,
     BaseTask,
-    RunAfter,
     SyncTask,
     Task,
     TaskCls,
     TaskOptions,
     TaskSpec,
-    check_json,
-    resolve_run_after,
-    validate_priority,
-    validate_queue,
 )
-from django_qtasks.broker.broker import BaseBroker
+from django_qtasks.broker.broker import BaseBroker, build_broker
 from django_qtasks.cron import CronError, validate_cron, validate_tz
 from django_qtasks.exceptions import (
     InvalidTaskCall,
@@ -45,11 +57,9 @@ from django_qtasks.exceptions import (
     TaskRegistrationError,
     WouldDeadlock,
 )
-from django_qtasks.global_config.global_config import BaseGlobalConfig
-from django_qtasks.settings import QTasksSettings, get_settings, import_component
+from django_qtasks.settings import QTasksSettings, get_settings
 from django_qtasks.storage.concurrency import check_options as check_concurrency_options
 from django_qtasks.storage.concurrency import resolve_group
-from django_qtasks.storage.storage import BaseStorage
 from django_qtasks.worker.executor import resolve_middlewares
 
 if TYPE_CHECKING:
@@ -60,18 +70,6 @@ if TYPE_CHECKING:
 #: Spec builders an app keeps for single calls (task names x explicit priorities and
 #: queues in use); past it they are made again.
 MAX_BUILDERS = 512
-
-
-def build_broker(settings: QTasksSettings) -> BaseBroker:
-    """Broker -> Storage -> GlobalConfig, each class taken from the settings."""
-    global_config: BaseGlobalConfig = import_component(settings, "global_config", BaseGlobalConfig)(
-        settings
-    )
-    storage: BaseStorage = import_component(settings, "storage", BaseStorage)(
-        settings, global_config
-    )
-    broker: BaseBroker = import_component(settings, "broker", BaseBroker)(settings, storage)
-    return broker
 
 
 @dataclass(frozen=True)
@@ -95,15 +93,15 @@ class _SpecBuilder:
         unique_key: str | None = None,
         concurrency_key: str | None = None,
     ) -> TaskSpec:
-        if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
-            raise InvalidTaskCall(f"unique_key must be a non-empty string, got {unique_key!r}.")
-        args = list(args)
+        args, kwargs = check_call_shape(args, kwargs)
         encoded = check_json(args, kwargs, self.max_args_size)
         group, max_concurrency = resolve_group(self.options, args, kwargs, concurrency_key)
+        if group:
+            validate_key("concurrency_key", group)
         return TaskSpec(
             task_name=self.task_name,
             args=args,
-            kwargs=dict(kwargs),
+            kwargs=kwargs,
             queue=self.queue,
             priority=self.priority,
             run_after=run_after,
@@ -241,27 +239,31 @@ class BaseQueueTasks:
         task_name: str,
         args: Sequence[Any],
         kwargs: dict[str, Any],
-        *,
-        priority: int | None = None,
-        queue: str | None = None,
-        run_after: RunAfter = None,
-        unique_key: str | None = None,
-        concurrency_key: str | None = None,
+        options: EnqueueOptions | None = None,
+        **fields: Any,
     ) -> TaskSpec:
-        return self._builder(task_name, priority, queue).build(
+        """The row to store for one call, validated: ``options``, or the fields of an
+        :class:`EnqueueOptions` as keywords (``priority=``, ``queue=``, ...)."""
+        if options is None:
+            options = EnqueueOptions(**fields) if fields else NO_OPTIONS
+        elif fields:
+            raise TypeError("build_spec() takes options= or its fields, not both.")
+        return self._builder(task_name, options).build(
             args,
             kwargs,
-            run_after=resolve_run_after(run_after),
-            unique_key=unique_key,
-            concurrency_key=concurrency_key,
+            run_after=resolve_run_after(options.run_after),
+            unique_key=options.unique_key,
+            concurrency_key=options.concurrency_key,
         )
 
-    def _builder(self, task_name: str, priority: int | None, queue: str | None) -> _SpecBuilder:
+    def _builder(self, task_name: str, options: EnqueueOptions) -> _SpecBuilder:
         """The spec builder of a single call, kept: resolving the options and checking
         the queue and priority again on every ``add_task()`` cost a tenth of what the
         library adds to the INSERT. A builder depends only on the settings object and
         the registry, so the kept ones go when either changes; a builder is made only
         for a valid call (an invalid one raises as before, every time)."""
+        if not isinstance(task_name, str):  # before it is used as a key
+            validate_key("task_name", task_name)
         settings, generation = self.settings, self.registry.generation
         kept = self._kept_builders
         if (
@@ -271,34 +273,31 @@ class BaseQueueTasks:
             or len(kept[1]) >= MAX_BUILDERS
         ):
             kept = self._kept_builders = ((settings, generation), {})
-        key = (task_name, priority, queue)
+        key = (task_name, options.priority, options.queue)
         builder = kept[1].get(key)
         if builder is None:
-            builder = kept[1][key] = self._spec_builder(task_name, priority, queue)
+            builder = kept[1][key] = self._spec_builder(task_name, options)
         return builder
 
-    def _spec_builder(
-        self, task_name: str, priority: int | None, queue: str | None
-    ) -> _SpecBuilder:
+    def _spec_builder(self, task_name: str, options: EnqueueOptions) -> _SpecBuilder:
         """What every call of one task shares (options, defaults, validated queue and
         priority), resolved once: a bulk enqueue of many calls of one task pays for it
         once, not per call."""
         settings = self.settings
-        options = self.registry.get(task_name).options if task_name in self.registry else None
-        if priority is None:
-            priority = options.priority if options and options.priority is not None else None
-        if priority is None:
-            priority = settings.default_priority
-        if queue is None:
-            queue = (options.queue if options else None) or settings.default_queue
-        retry = options.retry if options and options.retry is not None else settings.default_retry
+        if task_name in self.registry:  # its name was checked when it was registered
+            task: TaskOptions | None = self.registry.get(task_name).options
+        else:
+            validate_key("task_name", task_name)
+            task = None
+        priority, queue = options.defaults(task, settings)
+        retry = task.retry if task and task.retry is not None else settings.default_retry
         return _SpecBuilder(
             task_name=task_name,
-            options=options,
-            queue=validate_queue(queue, settings.queues),
-            priority=validate_priority(priority),
+            options=task,
+            queue=queue,
+            priority=priority,
             max_retries=retry,
-            tags=tuple(options.tags) if options else (),
+            tags=tuple(task.tags) if task else (),
             max_args_size=settings.max_args_size,
         )
 
@@ -306,6 +305,7 @@ class BaseQueueTasks:
     def sync_add_spec(self, spec: TaskSpec, *, timeout: float | None = None) -> Task:
         """Store a task; in immediate mode also run it (see :meth:`_run_immediately`)."""
         immediate = self.settings.mode == "immediate"
+        timeout = validate_timeout(timeout)
         if timeout is not None:
             self._check_can_wait(immediate=immediate)  # before anything is written
         task, created = self.broker.add(spec)
@@ -353,16 +353,8 @@ class BaseQueueTasks:
         concurrency_key: str | None = None,
         **kwargs: Any,
     ) -> Task:
-        spec = self.build_spec(
-            task_name,
-            args,
-            kwargs,
-            priority=priority,
-            queue=queue,
-            run_after=run_after,
-            unique_key=unique_key,
-            concurrency_key=concurrency_key,
-        )
+        options = enqueue_options(priority, queue, run_after, unique_key, concurrency_key, timeout)
+        spec = self.build_spec(task_name, args, kwargs, options)
         return self.sync_add_spec(spec, timeout=timeout)
 
     def sync_add_tasks(
@@ -377,17 +369,23 @@ class BaseQueueTasks:
         (``send(1)``) or ``(task_name, args, kwargs)`` tuples. All are validated before
         anything is written; all are stored or none."""
         specs = []
-        run_at = resolve_run_after(run_after)
+        options = EnqueueOptions(priority=priority, queue=queue, run_after=run_after)
+        run_at = resolve_run_after(options.run_after)
         builders: dict[str, _SpecBuilder] = {}
-        for call in calls:
+        for number, call in enumerate(calls):
             args: Sequence[Any]
             if isinstance(call, TaskCls):
                 name, args, kwargs = call.task.name, call.args, call.kwargs
-            else:
+            elif isinstance(call, tuple) and len(call) == 3:
                 name, args, kwargs = call
-            builder = builders.get(name)
+            else:
+                raise InvalidTaskCall(
+                    f"add_tasks() call {number} must be a pending call (task(...)) or a "
+                    f"(task_name, args, kwargs) tuple, got {type(call).__name__}."
+                )
+            builder = builders.get(name) if isinstance(name, str) else None
             if builder is None:
-                builder = builders[name] = self._spec_builder(name, priority, queue)
+                builder = builders[name] = self._spec_builder(name, options)
             specs.append(builder.build(args, kwargs, run_after=run_at))
         if not specs:
             return []
@@ -460,44 +458,23 @@ class BaseQueueTasks:
         worker_class: type[BaseWorker] | None = None,
         worker_options: dict[str, Any] | None = None,
     ) -> Starter:
-        """The Starter for one worker process: the Worker and this app's Broker.
+        """The Starter for one worker process, around this app's Broker and registry;
+        see :func:`django_qtasks.worker.starter.build_starter`."""
+        from django_qtasks.worker.starter import build_starter
 
-        With ``processes``, the Worker is a :class:`~django_qtasks.pool.ProcessPoolWorker`
-        supervising that many children; otherwise the ``QTASKS['WORKER']`` class.
-        """
-        from django_qtasks.worker.pool import ProcessPoolWorker
-        from django_qtasks.worker.starter import Starter
-        from django_qtasks.worker.worker import BaseWorker
-
-        settings = self.settings
-        for queue in queues or ():
-            validate_queue(queue, settings.queues)
-        if not burst:
-            from django_qtasks.worker.scheduler import collect_schedules
-
-            collect_schedules(self)  # a bad schedule stops the worker before it starts
-        grace = settings.grace if grace is None else grace
-        options: dict[str, Any] = {
-            "queues": list(queues) if queues else None,
-            "concurrency": concurrency or settings.concurrency,
-            "burst": burst,
-            "poll_interval": settings.poll_interval if poll_interval is None else poll_interval,
-            **(worker_options or {}),
-        }
-        if processes:
-            worker_class = ProcessPoolWorker
-            options.update(
-                processes=processes,
-                max_tasks_per_child=max_tasks_per_child,
-                grace=grace,
-                verbosity=verbosity,
-            )
-        elif worker_class is None:
-            worker_class = import_component(settings, "worker", BaseWorker)
-        worker = worker_class(self, **options)
-        starter_cls = import_component(settings, "starter", Starter)
-        starter: Starter = starter_cls(worker=worker, broker=self.broker, grace=grace)
-        return starter
+        return build_starter(
+            self,
+            queues=queues,
+            concurrency=concurrency,
+            burst=burst,
+            poll_interval=poll_interval,
+            grace=grace,
+            processes=processes,
+            max_tasks_per_child=max_tasks_per_child,
+            verbosity=verbosity,
+            worker_class=worker_class,
+            worker_options=worker_options,
+        )
 
 
 class _Waiter:
@@ -506,6 +483,7 @@ class _Waiter:
     def __init__(
         self, app: BaseQueueTasks, uuid: uuid_lib.UUID | str, timeout: float | None
     ) -> None:
+        timeout = validate_timeout(timeout)
         app._check_can_wait()
         self.uuid = uuid
         self.timeout = timeout
@@ -533,6 +511,10 @@ def _build_options(name: str, options: dict[str, Any]) -> TaskOptions:
     """Validate ``@app.task(...)`` options once, at import time."""
     if not isinstance(name, str) or not name:
         raise TaskRegistrationError(f"A task name must be a non-empty string, got {name!r}.")
+    try:
+        validate_key("task name", name)
+    except InvalidTaskCall as exc:
+        raise TaskRegistrationError(str(exc)) from None
     known = set(TaskOptions.__dataclass_fields__) - {"name"}
     unknown = set(options) - known
     if unknown:

@@ -10,23 +10,26 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import inspect
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
-from django.utils import timezone
-
-from django_qtasks.exceptions import InvalidTaskCall
+# Their old import path: the checks live with EnqueueOptions now.
+from django_qtasks.api.options import MAX_DEPTH as MAX_DEPTH
+from django_qtasks.api.options import EnqueueOptions as EnqueueOptions
+from django_qtasks.api.options import RunAfter as RunAfter
+from django_qtasks.api.options import check_json as check_json
+from django_qtasks.api.options import check_value as check_value
+from django_qtasks.api.options import enqueue_options
+from django_qtasks.api.options import resolve_run_after as resolve_run_after
+from django_qtasks.api.options import validate_priority as validate_priority
+from django_qtasks.api.options import validate_queue as validate_queue
 from django_qtasks.models import FINISHED_STATUSES, TaskRecord
-from django_qtasks.settings import PRIORITY_MAX, PRIORITY_MIN, QUEUE_NAME_RE
 
 if TYPE_CHECKING:
     from django_qtasks.api.queue_tasks import AsyncQueueTasks, BaseQueueTasks, QueueTasks  # noqa: F401
     from django_qtasks.worker.executor import BaseTaskExecutor
-
-RunAfter = dt.datetime | dt.timedelta | int | float | None
 
 
 @dataclass(frozen=True)
@@ -166,90 +169,6 @@ class TaskSpec:
     max_concurrency: int | None = None
 
 
-def validate_priority(priority: Any) -> int:
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise InvalidTaskCall(f"priority must be an integer, got {priority!r}.")
-    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
-        raise InvalidTaskCall(
-            f"priority must be from {PRIORITY_MIN} to {PRIORITY_MAX} (higher runs first), "
-            f"got {priority}."
-        )
-    return priority
-
-
-def validate_queue(queue: Any, allowed: Sequence[str] | None) -> str:
-    if not isinstance(queue, str) or not QUEUE_NAME_RE.match(queue):
-        raise InvalidTaskCall(
-            f"queue must be a name of letters, digits and _ . : - (at most 64), got {queue!r}."
-        )
-    if allowed is not None and queue not in allowed:
-        raise InvalidTaskCall(f"queue {queue!r} is not in QTASKS['QUEUES'] ({', '.join(allowed)}).")
-    return queue
-
-
-def resolve_run_after(run_after: RunAfter) -> dt.datetime | None:
-    """Turn ``datetime | timedelta | seconds`` into an aware datetime."""
-    if run_after is None:
-        return None
-    if isinstance(run_after, dt.datetime):
-        if timezone.is_naive(run_after):
-            raise InvalidTaskCall(
-                "run_after must be an aware datetime (use django.utils.timezone)."
-            )
-        return run_after
-    if isinstance(run_after, dt.timedelta):
-        return timezone.now() + run_after
-    if isinstance(run_after, (int, float)) and not isinstance(run_after, bool):
-        return timezone.now() + dt.timedelta(seconds=run_after)
-    raise InvalidTaskCall(
-        f"run_after must be a datetime, a timedelta or seconds, got {type(run_after).__name__}."
-    )
-
-
-# One encoder for every call: json.dumps(..., allow_nan=False) builds a new one each time.
-_encode_json = json.JSONEncoder(allow_nan=False).encode
-
-
-def check_json(
-    args: Sequence[Any], kwargs: dict[str, Any], max_bytes: int | None
-) -> tuple[str, str]:
-    """Encode the arguments as the JSON that will be stored (once: the enqueue path is
-    hot), failing before anything is stored if an argument would not survive JSON (the
-    error names it) or if they are too big to belong in a queue row."""
-    try:
-        # Empty ones are common (most calls have no keyword arguments): no encoder.
-        encoded = (
-            _encode_json(list(args)) if args else "[]",
-            _encode_json(kwargs) if kwargs else "{}",
-        )
-    except (TypeError, ValueError):
-        _raise_for_bad_argument(args, kwargs)
-        raise
-    size = len(encoded[0]) + len(encoded[1])
-    if max_bytes is not None and size > max_bytes:
-        raise InvalidTaskCall(
-            f"The task's arguments take {size:,} bytes as JSON, more than "
-            f"QTASKS['MAX_ARGS_SIZE'] ({max_bytes:,}). Store large data elsewhere (a file, "
-            "a model) and pass its id."
-        )
-    return encoded
-
-
-def _raise_for_bad_argument(args: Sequence[Any], kwargs: dict[str, Any]) -> None:
-    """Find which argument cannot be encoded, and say so."""
-    labelled = [(f"positional argument {i}", value) for i, value in enumerate(args)]
-    labelled += [(f"argument {name!r}", value) for name, value in kwargs.items()]
-    for label, value in labelled:
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"{label} ({type(value).__name__}) is not JSON-serializable: {exc}. "
-                "Task arguments are stored as JSON: pass ids, strings, numbers, lists and "
-                "dicts."
-            ) from None
-
-
 def is_async_callable(func: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
 
@@ -290,23 +209,11 @@ class BaseTask(Generic[A]):
         self,
         args: Sequence[Any],
         kwargs: dict[str, Any],
-        *,
-        priority: int | None = None,
-        queue: str | None = None,
-        run_after: RunAfter = None,
-        unique_key: str | None = None,
-        concurrency_key: str | None = None,
+        options: EnqueueOptions | None = None,
+        **fields: Any,
     ) -> TaskSpec:
-        return self.app.build_spec(
-            self.name,
-            args,
-            kwargs,
-            priority=priority,
-            queue=queue,
-            run_after=run_after,
-            unique_key=unique_key,
-            concurrency_key=concurrency_key,
-        )
+        """The row to store for a call: ``options`` (or the ``EnqueueOptions`` fields)."""
+        return self.app.build_spec(self.name, args, kwargs, options, **fields)
 
 
 class SyncTask(BaseTask["QueueTasks"]):
@@ -324,16 +231,8 @@ class SyncTask(BaseTask["QueueTasks"]):
         **kwargs: Any,
     ) -> Task:
         """Store a new task and return its snapshot (or, with ``timeout``, the finished task)."""
-        spec = self.build_spec(
-            args,
-            kwargs,
-            priority=priority,
-            queue=queue,
-            run_after=run_after,
-            unique_key=unique_key,
-            concurrency_key=concurrency_key,
-        )
-        return self.app.sync_add_spec(spec, timeout=timeout)
+        options = enqueue_options(priority, queue, run_after, unique_key, concurrency_key, timeout)
+        return self.app.sync_add_spec(self.build_spec(args, kwargs, options), timeout=timeout)
 
     def add_tasks(
         self,
@@ -346,7 +245,7 @@ class SyncTask(BaseTask["QueueTasks"]):
         """Enqueue this task once per argument tuple, in one go: ``send.add_tasks([(1,),
         (2,)])``. For keyword arguments, pass pending calls to ``app.add_tasks``."""
         return self.app.sync_add_tasks(
-            [TaskCls(self, tuple(args), {}) for args in arguments],
+            [(self.name, args, {}) for args in arguments],
             priority=priority,
             queue=queue,
             run_after=run_after,
@@ -367,16 +266,8 @@ class AsyncTask(BaseTask["AsyncQueueTasks"]):
         concurrency_key: str | None = None,
         **kwargs: Any,
     ) -> Task:
-        spec = self.build_spec(
-            args,
-            kwargs,
-            priority=priority,
-            queue=queue,
-            run_after=run_after,
-            unique_key=unique_key,
-            concurrency_key=concurrency_key,
-        )
-        return await self.app.add_spec(spec, timeout=timeout)
+        options = enqueue_options(priority, queue, run_after, unique_key, concurrency_key, timeout)
+        return await self.app.add_spec(self.build_spec(args, kwargs, options), timeout=timeout)
 
 
 class TaskCls:
@@ -405,15 +296,8 @@ class TaskCls:
         concurrency_key: str | None = None,
     ) -> Any:
         """Enqueue the call; returns a ``Task`` (a coroutine of one for an ``AsyncTask``)."""
-        spec = self.task.build_spec(
-            self.args,
-            self.kwargs,
-            priority=priority,
-            queue=queue,
-            run_after=run_after,
-            unique_key=unique_key,
-            concurrency_key=concurrency_key,
-        )
+        options = enqueue_options(priority, queue, run_after, unique_key, concurrency_key, timeout)
+        spec = self.task.build_spec(self.args, self.kwargs, options)
         return self.task.app.add_spec(spec, timeout=timeout)
 
 

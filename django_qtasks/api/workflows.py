@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 from asgiref.sync import sync_to_async
 
 from django_qtasks import signals
-from django_qtasks.api.task import RunAfter, Task, TaskCls
+from django_qtasks.api.options import EnqueueOptions, RunAfter
+from django_qtasks.api.task import Task, TaskCls
 from django_qtasks.exceptions import FlowFailed
 from django_qtasks.models import TaskStatus, uuid7
 
@@ -219,16 +220,12 @@ def _enqueue(
         raise ValueError("Every task of a chain or group must belong to the same app.")
     specs = []
     flow_id = uuid7()
+    first = EnqueueOptions(priority=priority, queue=queue, run_after=run_after)
+    later = dataclasses.replace(first, run_after=None)  # they wait for the stage before
     for number, (calls, is_group) in enumerate(stages):
         for index, call in enumerate(calls):
-            spec = app.build_spec(
-                call.task.name,
-                call.args,
-                call.kwargs,
-                priority=priority,
-                queue=queue,
-                run_after=run_after if number == 0 else None,
-            )
+            options = first if number == 0 else later
+            spec = app.build_spec(call.task.name, call.args, call.kwargs, options)
             specs.append(
                 dataclasses.replace(
                     spec,

@@ -19,11 +19,25 @@ from django.utils import timezone
 from django_qtasks.api.task import Outcome, Task, TaskSpec
 from django_qtasks.broker.listener import Listener
 from django_qtasks.global_config.counters import retire_orphans
+from django_qtasks.global_config.global_config import BaseGlobalConfig
+from django_qtasks.global_config.shapes import queue_flag_fault, worker_fault
 from django_qtasks.models import FINISHED_STATUSES
-from django_qtasks.settings import QTasksSettings
+from django_qtasks.settings import QTasksSettings, import_component
 from django_qtasks.signals import component_started, component_stopped
 from django_qtasks.storage.cursors import session_state_wanted
-from django_qtasks.storage.storage import QUEUES, WORKERS, BaseStorage, LastRun
+from django_qtasks.storage.interface import QUEUES, WORKERS, BaseStorage, LastRun
+
+
+def build_broker(settings: QTasksSettings) -> BaseBroker:
+    """Broker -> Storage -> GlobalConfig, each class taken from the settings."""
+    global_config: BaseGlobalConfig = import_component(settings, "global_config", BaseGlobalConfig)(
+        settings
+    )
+    storage: BaseStorage = import_component(settings, "storage", BaseStorage)(
+        settings, global_config
+    )
+    broker: BaseBroker = import_component(settings, "broker", BaseBroker)(settings, storage)
+    return broker
 
 
 class BaseBroker(ABC):
@@ -34,6 +48,8 @@ class BaseBroker(ABC):
     def __init__(self, settings: QTasksSettings, storage: BaseStorage) -> None:
         self.settings = settings
         self.storage = storage
+        # The worker side reaches GlobalConfig through the Broker, as it does Storage.
+        self.config: BaseGlobalConfig = storage.global_config
 
     def start(self) -> None:
         component_started.send(sender=type(self), component=self, name=self.component_name)
@@ -115,10 +131,10 @@ class BaseBroker(ABC):
 
     def heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
         """Say this worker is alive for ``ttl`` more seconds."""
-        self.storage.global_config.set(WORKERS, worker_id, info, ttl=ttl)
+        self.config.set(WORKERS, worker_id, info, ttl=ttl)
 
     def forget_worker(self, worker_id: str) -> None:
-        self.storage.global_config.delete(WORKERS, worker_id)
+        self.config.delete(WORKERS, worker_id)
 
     def next_run_after(
         self, queues: Sequence[str] | None, exclude: Collection[str] = ()
@@ -126,12 +142,12 @@ class BaseBroker(ABC):
         return self.storage.next_run_after(queues, exclude)
 
     def live_workers(self) -> dict[str, Any]:
-        return self.storage.global_config.items(WORKERS)
+        return self.config.valid_items(WORKERS, worker_fault)
 
     def forget_dead_workers(self) -> int:
         """Drop expired heartbeat rows (after their tasks were rescued), and fold the dead
         workers' task counters into the retired totals (see :mod:`.counters`)."""
-        config = self.storage.global_config
+        config = self.config
         forgotten = config.purge_expired(WORKERS)
         if forgotten:
             retire_orphans(config, config.items(WORKERS))
@@ -141,15 +157,15 @@ class BaseBroker(ABC):
         return self.storage.requeue(uuid)
 
     def set_queue_paused(self, queue: str, paused: bool) -> None:
-        config = self.storage.global_config
+        config = self.config
         if paused:
             config.set(QUEUES, queue, {"paused": True, "since": timezone.now().isoformat()})
         else:
             config.delete(QUEUES, queue)
 
     def paused_queues(self) -> set[str]:
-        items = self.storage.global_config.items(QUEUES)
-        return {queue for queue, value in items.items() if (value or {}).get("paused")}
+        items = self.config.valid_items(QUEUES, queue_flag_fault)
+        return {queue for queue, value in items.items() if value.get("paused")}
 
     # Schedules and retention: Storage does the work (docs/periodic-tasks.md, retention.md).
     def add_scheduled(

@@ -25,7 +25,8 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from django_qtasks import signals
-from django_qtasks.api.task import Outcome, Task, TaskSpec, check_json, validate_queue
+from django_qtasks.api.options import EnqueueOptions, check_json, validate_queue
+from django_qtasks.api.task import Outcome, Task, TaskSpec
 from django_qtasks.contrib.django_tasks import (
     BACKEND_TAG,
     PREFIX,
@@ -190,9 +191,9 @@ class QTasksBackend(BaseTaskBackend):
                 name,
                 json_args,
                 json_kwargs,
-                priority=int(task.priority),
-                queue=task.queue_name,
-                run_after=task.run_after,
+                EnqueueOptions(
+                    priority=int(task.priority), queue=task.queue_name, run_after=task.run_after
+                ),
             )
         except InvalidTaskCall as exc:
             raise InvalidTask(str(exc)) from None

@@ -23,9 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import django
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db import connections
-from django.db.models import Count, Q, QuerySet
-from django.db.models.functions import TruncMinute
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
@@ -33,15 +31,15 @@ from django.utils.dateparse import parse_datetime
 from django.utils.functional import cached_property
 from django.utils.translation import gettext as _
 
+from django_qtasks.global_config.shapes import worker_fault
 from django_qtasks.models import (
-    ACTIVE_STATUSES,
     WAITING_STATUSES,
     ConfigEntry,
     TaskRecord,
     TaskStatus,
 )
-from django_qtasks.settings import get_settings
-from django_qtasks.storage.storage import WORKERS
+from django_qtasks.settings import QUEUE_NAME_RE, get_settings
+from django_qtasks.storage import reads
 
 if TYPE_CHECKING:
     from django.contrib.admin import ModelAdmin
@@ -67,10 +65,6 @@ def _alias() -> str:
     return get_settings().database
 
 
-def _records() -> QuerySet[TaskRecord]:
-    return TaskRecord.objects.using(_alias())
-
-
 @dataclass(frozen=True)
 class Amount:
     """A count that says how sure it is: exact, a lower bound, or an estimate."""
@@ -86,44 +80,22 @@ class Amount:
 # -- counting without COUNT(*) over the table ----------------------------------------------
 def capped_count(queryset: QuerySet[Any], cap: int) -> Amount:
     """Count at most ``cap`` rows: ``SELECT COUNT(*) FROM (... LIMIT cap + 1)``."""
-    n = queryset.order_by()[: cap + 1].count()
+    return _capped(queryset.order_by()[: cap + 1].count(), cap)
+
+
+def _capped(n: int, cap: int) -> Amount:
+    """A count read up to ``cap + 1`` rows, as the Amount it is."""
     return Amount(cap, "at_least") if n > cap else Amount(n)
 
 
 def estimated_rows(alias: str | None = None) -> int | None:
-    """PostgreSQL's own estimate of the task table's size (``pg_class.reltuples``), kept
-    by autovacuum; ``None`` elsewhere or when the table was never analysed."""
-    connection = connections[alias or _alias()]
-    if connection.vendor != "postgresql":
-        return None
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)",
-            [connection.ops.quote_name(TaskRecord._meta.db_table)],
-        )
-        row = cursor.fetchone()
-    return int(row[0]) if row and row[0] is not None and row[0] >= 0 else None
+    """PostgreSQL's estimate of the task table's size (:func:`.reads.estimated_rows`)."""
+    return reads.estimated_rows(alias or _alias())
 
 
 def estimated_status_rows(alias: str | None = None) -> dict[str, int]:
-    """Status -> estimated rows, from PostgreSQL's column statistics (most common values
-    times the table estimate); empty elsewhere or before the first ``ANALYZE``."""
-    connection = connections[alias or _alias()]
-    if connection.vendor != "postgresql":
-        return {}
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT c.reltuples, s.most_common_vals::text::text[], s.most_common_freqs "
-            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname "
-            "WHERE c.oid = to_regclass(%s) AND s.attname = 'status'",
-            [connection.ops.quote_name(TaskRecord._meta.db_table)],
-        )
-        row = cursor.fetchone()
-    if not row or row[0] is None or row[0] < 0 or not row[1]:
-        return {}
-    total, values, freqs = row
-    return {value: int(total * freq) for value, freq in zip(values, freqs, strict=False)}
+    """Status -> estimated rows (:func:`.reads.estimated_status_rows`)."""
+    return reads.estimated_status_rows(alias or _alias())
 
 
 class EstimatedCountPaginator(Paginator):  # type: ignore[type-arg]
@@ -157,26 +129,9 @@ class EstimatedCountPaginator(Paginator):  # type: ignore[type-arg]
 
 # -- distinct values by skipping through an index ------------------------------------------
 def distinct_values(column: Literal["queue", "task_name"], limit: int = DISTINCT_CAP) -> list[str]:
-    """The distinct values of ``column``, in order, at most ``limit`` of them.
-
-    ``SELECT DISTINCT`` would read every row; this recursive query asks the index for
-    "the next value after the last one" instead (a loose index scan), so it reads one
-    index entry per distinct value, which is a few dozen queues or task names.
-    """
-    connection = connections[_alias()]
-    table = connection.ops.quote_name(TaskRecord._meta.db_table)
-    col = connection.ops.quote_name(column)
-    sql = (
-        f"WITH RECURSIVE v(val, n) AS ("
-        f"SELECT (SELECT {col} FROM {table} ORDER BY {col} LIMIT 1), 1 "
-        f"UNION ALL "
-        f"SELECT (SELECT {col} FROM {table} WHERE {col} > v.val ORDER BY {col} LIMIT 1), v.n + 1 "
-        f"FROM v WHERE v.val IS NOT NULL AND v.n < %s"
-        f") SELECT val FROM v WHERE val IS NOT NULL"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [limit])
-        return [row[0] for row in cursor.fetchall()]
+    """The distinct values of ``column``, in order, at most ``limit`` of them, by a loose
+    index scan (:func:`.reads.distinct_values`)."""
+    return reads.distinct_values(_alias(), column, limit)
 
 
 # -- the statistics ------------------------------------------------------------------------
@@ -186,7 +141,8 @@ def status_counts() -> dict[str, Amount]:
     Each count reads the ``(status, created_at)`` index for one status, and stops at
     :data:`SCAN_CAP`, so six bounded index reads instead of a table scan.
     """
-    counts = {s.value: capped_count(_records().filter(status=s), SCAN_CAP) for s in TaskStatus}
+    cap, alias = SCAN_CAP, _alias()
+    counts = {s.value: _capped(reads.capped_status_count(alias, s, cap), cap) for s in TaskStatus}
     if any(amount.kind != "exact" for amount in counts.values()):
         estimates = estimated_status_rows()
         for status, amount in counts.items():
@@ -206,6 +162,12 @@ class QueueRow:
     oldest_ready: dt.datetime | None = None
     paused: bool = False
     now: dt.datetime = field(default_factory=timezone.now)
+
+    @property
+    def pausable(self) -> bool:
+        """Only a valid queue name can be paused (and put in the pause button's URL); a
+        row written by hand may hold any other (``a/b``)."""
+        return bool(QUEUE_NAME_RE.match(self.name))
 
     @property
     def oldest_age(self) -> dt.timedelta | None:
@@ -237,22 +199,8 @@ def queue_stats(now: dt.datetime | None = None) -> tuple[list[QueueRow], bool]:
     :data:`SCAN_CAP` of them; finished rows are never read.
     """
     now = now or timezone.now()
-    connection = connections[_alias()]
-    table = connection.ops.quote_name(TaskRecord._meta.db_table)
-    # Blocked tasks (later steps of flows) are neither waiting nor running yet.
-    statuses = ", ".join(f"'{s.value}'" for s in ACTIVE_STATUSES if s != TaskStatus.BLOCKED)
     waiting = {s.value for s in WAITING_STATUSES}
-    sql = (
-        "SELECT queue, status, COUNT(*), "
-        "SUM(CASE WHEN run_after <= %s THEN 1 ELSE 0 END), "
-        "MIN(CASE WHEN run_after <= %s THEN run_after END) "
-        f"FROM (SELECT queue, status, run_after FROM {table} WHERE status IN ({statuses}) "
-        "LIMIT %s) active GROUP BY queue, status"
-    )
-    db_now = connection.ops.adapt_datetimefield_value(now)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [db_now, db_now, SCAN_CAP])
-        rows = cursor.fetchall()
+    rows = reads.active_queue_rows(_alias(), now, SCAN_CAP)
     queues: dict[str, QueueRow] = {}
     scanned = 0
     for name, status, count, ready, oldest in rows:
@@ -335,18 +283,7 @@ def throughput(now: dt.datetime | None = None) -> Throughput:
     now = now or timezone.now()
     end = now.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
     start = end - dt.timedelta(minutes=THROUGHPUT_MINUTES)
-    rows = (
-        _records()
-        .filter(finished_at__gte=start)
-        .annotate(minute=TruncMinute("finished_at", tzinfo=dt.timezone.utc))
-        .values("minute")
-        .annotate(
-            finished=Count("finished_at"),
-            failed=Count("status", filter=Q(status=TaskStatus.ERROR)),
-        )
-        .order_by()
-    )
-    per_minute = {row["minute"]: (row["finished"], row["failed"]) for row in rows}
+    per_minute = reads.finished_per_minute(_alias(), start)
     buckets = []
     for i in range(THROUGHPUT_MINUTES):
         minute = start + dt.timedelta(minutes=i)
@@ -405,14 +342,15 @@ def workers(now: dt.datetime | None = None, worker_id: str | None = None) -> lis
     """Worker heartbeats from GlobalConfig, newest first, expired ones included (a worker
     that died without saying goodbye shows as expired until its row is deleted)."""
     now = now or timezone.now()
-    entries = ConfigEntry.objects.using(_alias()).filter(name=WORKERS)
-    if worker_id is not None:
-        entries = entries.filter(key=worker_id)
     return [
         WorkerRow(
-            e.key, e.value if isinstance(e.value, dict) else {}, e.expires_at, e.updated_at, now
+            e.key,
+            e.value if isinstance(e.value, dict) and not worker_fault(e.key, e.value) else {},
+            e.expires_at,
+            e.updated_at,
+            now,
         )
-        for e in entries.order_by("-updated_at")[:WORKERS_CAP]
+        for e in reads.heartbeats(_alias(), WORKERS_CAP, worker_id)
     ]
 
 
@@ -448,7 +386,7 @@ def schedules(now: dt.datetime | None = None) -> tuple[list[ScheduleRow], str]:
         return [], ""
     last = app.broker.last_schedule_runs([s.name for s in found])
     uuids = [run.task_uuid for run in last.values() if run.task_uuid is not None]
-    statuses = dict(_records().filter(uuid__in=uuids).values_list("uuid", "status"))
+    statuses = reads.statuses(_alias(), uuids)
     rows = []
     for schedule in found:
         run = last.get(schedule.name)
@@ -480,13 +418,7 @@ def flow_neighbours(task: TaskRecord) -> dict[int, list[TaskRecord]]:
         return {}
     found: dict[int, list[TaskRecord]] = {}
     for stage in range(max(task.flow_stage - 1, 0), task.flow_stage + 2):
-        rows = (
-            _records()
-            .filter(flow_id=task.flow_id, flow_stage=stage)
-            .only("uuid", "task_name", "status", "flow_stage", "flow_index")
-            .order_by("flow_index", "uuid")[:FLOW_CAP]
-        )
-        found[stage] = list(rows)
+        found[stage] = reads.flow_stage(_alias(), task.flow_id, stage, FLOW_CAP)
     return found
 
 

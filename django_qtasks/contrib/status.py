@@ -15,12 +15,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from django.db.models import Count, Q
 from django.utils import timezone
 
 from django_qtasks.contrib.dashboard import SCAN_CAP, queue_stats, workers
-from django_qtasks.models import TaskRecord, TaskStatus
 from django_qtasks.settings import get_settings
+from django_qtasks.storage import reads
 
 SCHEMA_VERSION = 1
 """The version of :meth:`Status.as_dict` (``qtasks_status --json``); it changes only
@@ -177,15 +176,7 @@ def recent_outcomes(
     if window <= 0:
         raise ValueError(f"window must be more than 0 seconds, got {window!r}")
     since = (now or timezone.now()) - dt.timedelta(seconds=window)
-    counts = (
-        TaskRecord.objects.using(get_settings().database)
-        .filter(finished_at__gte=since)
-        .aggregate(
-            finished=Count("finished_at"),
-            failed=Count("status", filter=Q(status=TaskStatus.ERROR)),
-            cancelled=Count("status", filter=Q(status=TaskStatus.CANCEL)),
-        )
-    )
+    counts = reads.outcomes_since(get_settings().database, since)
     return RecentOutcomes(
         window=window,
         finished=counts["finished"],

@@ -26,7 +26,7 @@ from django.test.utils import override_settings
 
 from django_qtasks.api.task import BaseTask, Task
 from django_qtasks.exceptions import QTasksError, TaskNotFound
-from django_qtasks.models import TaskRecord
+from django_qtasks.storage import reads
 from django_qtasks.worker.inline import InlineWorker
 
 if TYPE_CHECKING:
@@ -125,8 +125,7 @@ def run_pending_tasks(
 def enqueued_tasks(app: BaseQueueTasks | None = None) -> list[Task]:
     """Every task in the queue's table, whatever its status, oldest first."""
     alias = _project_app(app).settings.database
-    records = TaskRecord.objects.using(alias).order_by("created_at", "uuid")
-    return [Task.from_record(record) for record in records]
+    return [Task.from_record(record) for record in reads.all_tasks(alias)]
 
 
 class EnqueuedTasks:

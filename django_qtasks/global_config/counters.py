@@ -31,6 +31,7 @@ from typing import Any
 
 from django_qtasks.api.task import Task
 from django_qtasks.global_config.global_config import BaseGlobalConfig
+from django_qtasks.global_config.shapes import counters_fault
 
 METRICS = "metrics"  # the GlobalConfig name; one entry per worker id, plus RETIRED
 RETIRED = "retired"  # the totals of workers that are gone
@@ -110,8 +111,7 @@ class TaskCounters:
         if not delta and not take:
             return
         try:
-            config.merge(METRICS, key, lambda current, taken: add(current, *taken, delta) or {},
-                         take)  # fmt: skip
+            config.merge(METRICS, key, lambda current, taken: _sum(current, *taken, delta), take)
         except BaseException:
             self._give_back(delta)
             raise
@@ -122,10 +122,17 @@ def retire_orphans(config: BaseGlobalConfig, live: Iterable[str]) -> int:
     (after their heartbeats were forgotten); the number of entries folded."""
     orphans = set(config.items(METRICS)) - set(live) - {RETIRED}
     if orphans:
-        config.merge(METRICS, RETIRED, lambda current, taken: add(current, *taken) or {}, orphans)
+        config.merge(METRICS, RETIRED, lambda current, taken: _sum(current, *taken), orphans)
     return len(orphans)
 
 
 def totals(config: BaseGlobalConfig) -> Totals:
     """Everything every worker ever counted (and flushed): the sum of all the entries."""
-    return add({}, *config.items(METRICS).values())  # type: ignore[no-any-return]
+    return add({}, *config.valid_items(METRICS, counters_fault).values())  # type: ignore[no-any-return]
+
+
+def _sum(*entries: Any) -> Totals:
+    """The sum of counter entries, leaving out one of the wrong shape (written by hand):
+    a merge that raised on it would lose every later count of that worker."""
+    good = [entry for entry in entries if entry is None or counters_fault("", entry) is None]
+    return add(*good) or {}

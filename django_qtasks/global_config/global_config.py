@@ -8,6 +8,7 @@ what makes heartbeats work without a coordinator.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
 from typing import Any
@@ -20,6 +21,8 @@ from django_qtasks.models import ConfigEntry
 from django_qtasks.settings import QTasksSettings
 from django_qtasks.signals import component_started, component_stopped
 from django_qtasks.storage.db import is_lock_conflict
+
+logger = logging.getLogger("django_qtasks.global_config")
 
 
 class BaseGlobalConfig(ABC):
@@ -51,6 +54,22 @@ class BaseGlobalConfig(ABC):
     def items(self, name: str) -> dict[str, Any]:
         """Every live ``key -> value`` under ``name``."""
 
+    def valid_items(
+        self, name: str, check: Callable[[str, Any], str | None]
+    ) -> dict[str, Any]:
+        """:meth:`items`, without the entries ``check`` finds fault with: it returns what
+        is wrong with one (or ``None``). Entries can be written by hand, so what the queue
+        reads goes through here: a bad one is logged (once per process and value) and
+        ignored, instead of stopping every worker that reads it."""
+        good = {}
+        for key, value in self.items(name).items():
+            fault = check(key, value)
+            if fault is None:
+                good[key] = value
+            else:
+                _warn_once(name, key, value, fault)
+        return good
+
     @abstractmethod
     def purge_expired(self, name: str) -> int:
         """Delete the expired entries under ``name`` (they read as absent already)."""
@@ -68,6 +87,26 @@ class BaseGlobalConfig(ABC):
 
         A read-modify-write that concurrent writers cannot interleave: counters that
         several processes add to, or fold into one entry, stay exact."""
+
+
+_warned: set[tuple[str, str, str]] = set()
+
+
+def _warn_once(name: str, key: str, value: Any, fault: str) -> None:
+    shown = repr(value)
+    if (name, key, shown) in _warned:
+        return
+    if len(_warned) < 10_000:  # a bound, for entries that change all the time
+        _warned.add((name, key, shown))
+    logger.warning(
+        "Ignoring the GlobalConfig entry %r %r: %s (its value: %.200s). Fix or delete it "
+        "in the admin.",
+        name,
+        key,
+        fault,
+        shown,
+        extra={"action": "bad_config", "config_name": name, "config_key": key},
+    )
 
 
 _MERGE_TRIES = 5  # a merge that InnoDB rolled back for a deadlock runs again

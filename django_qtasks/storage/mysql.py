@@ -38,14 +38,12 @@ from django.utils import timezone
 from django_qtasks.api.task import Task
 from django_qtasks.exceptions import ConfigurationError
 from django_qtasks.models import TaskRecord, TaskStatus
+from django_qtasks.storage.claim import _claim_order
 from django_qtasks.storage.concurrency import LOCK_CLASS, lock_key
 from django_qtasks.storage.db import DEADLOCK, is_lock_conflict, mysql_error_code
-from django_qtasks.storage.storage import (
-    DjangoStorage,
-    Message,
-    _as_uuid,
-    _claim_order,
-)
+from django_qtasks.storage.django_storage import DjangoStorage
+from django_qtasks.storage.rows import _as_uuid
+from django_qtasks.storage.table import Message
 
 logger = logging.getLogger("django_qtasks.storage")
 

@@ -1,6 +1,9 @@
-"""The worker side: the Starter, the Worker (threads, or a pool of processes), the
-TaskExecutor that runs one attempt, and their helpers (claiming ahead, heartbeat, time
-limits, periodic tasks, the in-process runner of immediate mode).
+"""The worker side: the Starter (and ``build_starter``), the Worker (threads, or a pool
+of processes), the TaskExecutor that runs one attempt, and their helpers. A thread
+worker is built from its claim loop, thread pool, completer and database retrying
+(``claimloop``, ``threadpool``, ``completer``, ``dbretry``, sharing ``slots``); the
+helpers claim ahead, beat, enforce time limits, run periodic tasks, and run tasks in
+the caller's thread for immediate mode.
 
 ``BaseWorker`` is the interface and ``ThreadWorker`` the default (``QTASKS["WORKER"]``);
 other names come from :mod:`django_qtasks.worker.worker`."""

@@ -4,7 +4,7 @@
 is the Worker's own code path without its threads: :class:`InlineWorker` is a
 :class:`~django_qtasks.worker.ThreadWorker` whose ``process()`` (the task context,
 the executor with its middlewares, retries and time limits, the signals) runs in the
-calling thread, and whose outcomes are stored at once by the worker's own ``_store``
+calling thread, and whose outcomes are stored at once by its completer's ``store``
 (``broker.finish_many``, the log line, ``task_finished``). Tasks are claimed through
 ``broker.claim`` like on ``qtasks_worker``. So a task ends with the same status, the
 same error history and the same row in a test as in production.
@@ -30,7 +30,7 @@ from django_qtasks.worker.worker import ThreadWorker
 if TYPE_CHECKING:
     from django_qtasks.api.queue_tasks import BaseQueueTasks
     from django_qtasks.api.task import Task
-    from django_qtasks.worker.worker import _Done
+    from django_qtasks.worker.completer import Done
 
 _timekeeper: Timekeeper | None = None
 _timekeeper_lock = threading.Lock()
@@ -67,10 +67,10 @@ class InlineWorker(ThreadWorker):
         super().__init__(app, queues=None, concurrency=1, burst=True, worker_id=worker_id)
         self.timekeeper = shared_timekeeper()
 
-    def _executed(self, done: _Done) -> None:
-        """Store the outcome now, in this thread, instead of handing it to a completer
-        (nothing is claimed ahead here: there is no next task)."""
-        self._store([done])
+    def _executed(self, done: Done) -> None:
+        """Store the outcome now, in this thread, instead of handing it to the
+        completer's thread (nothing is claimed ahead here: there is no next task)."""
+        self.completer.store([done])
 
     def run(self, stop: threading.Event, force: threading.Event, grace: float) -> bool:
         raise TypeError("InlineWorker runs tasks for its caller; it is not a QTASKS['WORKER'].")
@@ -80,14 +80,14 @@ class InlineWorker(ThreadWorker):
     ) -> Task | None:
         """Claim one waiting task, whatever its ``run_after``, and run it (see
         :meth:`run_claimed`). ``None`` if it was not waiting or its queue is excluded."""
-        claimed = self.app.broker.claim(self.worker_id, None, 1, exclude=exclude, uuids=[uuid])
+        claimed = self.broker.claim(self.worker_id, None, 1, exclude=exclude, uuids=[uuid])
         return self.run_claimed(claimed[0], retries=retries) if claimed else None
 
     def run_claimed(self, task: Task, *, retries: bool = True) -> Task:
         """Run a task this worker claimed and return it as stored. With ``retries``, a
         failed attempt that may be retried runs again at once, the backoff skipped,
         until the task is finished; without, it is left in ``retry``."""
-        broker = self.app.broker
+        broker = self.broker
         while True:
             self.process(task)
             stored = broker.get(task.uuid)
@@ -101,8 +101,8 @@ class InlineWorker(ThreadWorker):
     def claim_next(self, queues: Sequence[str] | None, limit: int = 1) -> list[Task]:
         """The next ready tasks in claim order, as a worker would claim them (paused
         queues are left alone)."""
-        paused = self.app.paused_queues()
-        return self.app.broker.claim(self.worker_id, queues, limit, exclude=paused)
+        paused = self.broker.paused_queues()
+        return self.broker.claim(self.worker_id, queues, limit, exclude=paused)
 
 
 def run_immediately(app: BaseQueueTasks, tasks: list[Task]) -> list[Task]:

@@ -208,7 +208,7 @@ class ProcessPoolWorker(BaseWorker):
         self._restart_delay: dict[int, float] = {}
         self._pending: dict[int, float] = {}  # child number -> when to start it again
         self._context = multiprocessing.get_context("spawn")
-        settings = app.settings
+        settings = self.settings
         self.executor: BaseTaskExecutor = import_component(settings, "executor", BaseTaskExecutor)(
             settings
         )
@@ -287,34 +287,34 @@ class ProcessPoolWorker(BaseWorker):
             self._settle_now(child, uuid, outcome)
         except DatabaseError:
             logger.warning("Could not settle task %s; the rescuer will", uuid, exc_info=True)
-            reset_connection(self.app.settings.database)
+            reset_connection(self.settings.database)
 
     def _settle_now(self, child: _Child, uuid: str, outcome: str) -> None:
-        task = self.app.broker.get(uuid)
+        task = self.broker.get(uuid)
         if task is None or task.status != TaskStatus.PROCESS or task.worker_id != child.worker_id:
             return
         if outcome == TaskStatus.CANCEL:
             result = Outcome(status=TaskStatus.CANCEL)
         else:
             try:
-                definition = self.app.registry.get(task.task_name)
+                definition = self.registry.get(task.task_name)
             except TaskNotRegistered:
                 result = Outcome(status=TaskStatus.ERROR)
             else:
                 executor_cls = definition.options.executor
-                executor = executor_cls(self.app.settings) if executor_cls else self.executor
+                executor = executor_cls(self.settings) if executor_cls else self.executor
                 max_time = executor.max_time(definition) or 0
                 error = TaskTimeLimitExceeded(time_limit_message(max_time))
                 result = executor.failure(definition, task, error)
-        if self.app.broker.finish(task, result):
+        if self.broker.finish(task, result):
             self.counters.record(task, result.status)
 
     def _rescue(self, child: _Child, *, crashed: bool) -> None:
         for attempt in range(3):
             try:
-                self.app.broker.rescue(child.worker_id, crashed=crashed)
-                self.app.broker.forget_worker(child.worker_id)
-                self.counters.retire(self.app.broker.storage.global_config, child.worker_id)
+                self.broker.rescue(child.worker_id, crashed=crashed)
+                self.broker.forget_worker(child.worker_id)
+                self.counters.retire(self.broker.config, child.worker_id)
                 return
             except DatabaseError:
                 logger.warning(
@@ -323,7 +323,7 @@ class ProcessPoolWorker(BaseWorker):
                     attempt + 1,
                     exc_info=True,
                 )
-                reset_connection(self.app.settings.database)
+                reset_connection(self.settings.database)
         # Their heartbeat expires and any worker's rescuer takes them then.
 
     def _check(self, child: _Child, now: float) -> None:
@@ -385,9 +385,9 @@ class ProcessPoolWorker(BaseWorker):
 
     def _forget(self, child: _Child) -> None:
         try:
-            self.app.broker.forget_worker(child.worker_id)
+            self.broker.forget_worker(child.worker_id)
         except DatabaseError:
-            reset_connection(self.app.settings.database)
+            reset_connection(self.settings.database)
 
     # -- the supervisor loop ----------------------------------------------------------------
     def run(self, stop: threading.Event, force: threading.Event, grace: float) -> bool:

@@ -29,6 +29,7 @@ from django.db import DatabaseError, connections
 from django.utils import timezone
 
 from django_qtasks import signals
+from django_qtasks.api.options import EnqueueOptions
 from django_qtasks.api.task import Task, TaskSpec
 from django_qtasks.cron import get_zone, latest_tick, next_tick
 from django_qtasks.exceptions import ConfigurationError, QTasksError
@@ -150,8 +151,7 @@ def build_spec(app: BaseQueueTasks, schedule: Schedule) -> TaskSpec:
         schedule.task_name,
         schedule.args,
         schedule.kwargs,
-        priority=schedule.priority,
-        queue=schedule.queue,
+        EnqueueOptions(priority=schedule.priority, queue=schedule.queue),
     )
 
 

@@ -1,4 +1,5 @@
-"""Starter: starts the Worker and the Broker, and stops them in reverse order.
+"""Starter: starts the Worker and the Broker, and stops them in reverse order; and
+:func:`build_starter`, which builds the worker side of one process.
 
 It owns the process's signals. The first SIGTERM/SIGINT stops claiming and lets
 running tasks finish within the grace period; a second one leaves at once. Either
@@ -12,11 +13,20 @@ import itertools
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
+from django_qtasks.api.options import validate_queue
 from django_qtasks.broker.broker import BaseBroker
+from django_qtasks.settings import import_component
 from django_qtasks.signals import component_started, component_stopped
+from django_qtasks.worker.pool import ProcessPoolWorker
+from django_qtasks.worker.scheduler import collect_schedules
 from django_qtasks.worker.worker import BaseWorker
+
+if TYPE_CHECKING:
+    from django_qtasks.api.queue_tasks import BaseQueueTasks
 
 logger = logging.getLogger("django_qtasks.starter")
 
@@ -85,3 +95,53 @@ class Starter:
             logger.warning("%s again: leaving now", name)
         else:
             logger.info("%s: no new tasks; finishing the running ones", name)
+
+
+def build_starter(
+    app: BaseQueueTasks,
+    *,
+    queues: Sequence[str] | None = None,
+    concurrency: int | None = None,
+    burst: bool = False,
+    poll_interval: float | None = None,
+    grace: float | None = None,
+    processes: int | None = None,
+    max_tasks_per_child: int | None = None,
+    verbosity: int = 1,
+    worker_class: type[BaseWorker] | None = None,
+    worker_options: dict[str, Any] | None = None,
+) -> Starter:
+    """The Starter for one worker process: the Worker and ``app``'s Broker (what
+    ``app.build_starter()`` and ``qtasks_worker`` call).
+
+    With ``processes``, the Worker is a :class:`~django_qtasks.worker.pool.ProcessPoolWorker`
+    supervising that many children; otherwise ``worker_class``, else the
+    ``QTASKS['WORKER']`` class.
+    """
+    settings = app.settings
+    for queue in queues or ():
+        validate_queue(queue, settings.queues)
+    if not burst:
+        collect_schedules(app)  # a bad schedule stops the worker before it starts
+    grace = settings.grace if grace is None else grace
+    options: dict[str, Any] = {
+        "queues": list(queues) if queues else None,
+        "concurrency": concurrency or settings.concurrency,
+        "burst": burst,
+        "poll_interval": settings.poll_interval if poll_interval is None else poll_interval,
+        **(worker_options or {}),
+    }
+    if processes:
+        worker_class = ProcessPoolWorker
+        options.update(
+            processes=processes,
+            max_tasks_per_child=max_tasks_per_child,
+            grace=grace,
+            verbosity=verbosity,
+        )
+    elif worker_class is None:
+        worker_class = import_component(settings, "worker", BaseWorker)
+    worker = worker_class(app, **options)
+    starter_cls = import_component(settings, "starter", Starter)
+    starter: Starter = starter_cls(worker=worker, broker=app.broker, grace=grace)
+    return starter

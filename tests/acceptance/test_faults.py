@@ -6,7 +6,7 @@ import time
 
 import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Count
 
 from django_qtasks import app
@@ -59,3 +59,46 @@ def test_terminated_connections_lose_no_task(worker_processes, tmp_path):
     keys = set(Execution.objects.values_list("key", flat=True))
     assert keys == {f"k{i}" for i in range(total)}
     assert "failed" in log.read_text()  # the worker said what happened
+
+
+@pytest.mark.faults
+def test_terminating_every_connection_repeatedly_loses_no_plain_task(worker_processes, tmp_path):
+    """Plain tasks (no ``retry=``), three workers: a query that meets a terminated
+    session is the environment's fault, not the task's, and must not cost its attempt."""
+    from tests.faultkit import report, tally
+
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    keys = [f"t{i}" for i in range(1500)]
+    with transaction.atomic():
+        for key in keys:
+            app.add_task("tests.work", key, 0.02)
+    connection.close()
+    log = tmp_path / "workers.log"
+    procs = [worker_processes.start("--concurrency", "4", log=log) for _ in range(3)]
+
+    def successes() -> int:
+        count = TaskRecord.objects.filter(status="success").count()
+        connection.close()  # ours would be killed too
+        return count
+
+    rounds = killed = 0
+    while successes() < len(keys) and rounds < 8:
+        goal = min(successes() + 100, len(keys))
+        wait_until(lambda goal=goal: successes() >= goal, timeout=60, message="progress")
+        killed += kill_other_backends(params)
+        rounds += 1
+    wait_until(
+        lambda: not TaskRecord.objects.exclude(status__in=["success", "error"]).exists(),
+        timeout=120,
+        message="every task to finish",
+    )
+    statuses = dict(TaskRecord.objects.values_list("args__0", "status"))
+    runs = dict(Execution.objects.values_list("key").annotate(n=Count("id")))
+    result = tally(statuses, runs, keys)
+    rescued = sum(TaskRecord.objects.values_list("rescues", flat=True))
+    report("terminate", {**result, "rounds": rounds, "sessions_killed": killed, "rescued": rescued})
+    assert all(proc.poll() is None for proc in procs), log.read_text()[-3000:]
+    assert killed > 0
+    assert (result["success"], result["other"], result["unproven"]) == (len(keys), 0, 0), result

@@ -24,8 +24,8 @@ from django.utils import timezone
 from django_qtasks import app
 from django_qtasks.api.task import Outcome, Task
 from django_qtasks.models import TaskRecord, TaskStatus
+from django_qtasks.storage.claim import CLAIM_ASYNC_COMMIT, CLAIM_PLANNER_SETTINGS
 from django_qtasks.storage.mysql import CLAIM_INDEX
-from django_qtasks.storage.storage import CLAIM_ASYNC_COMMIT, CLAIM_PLANNER_SETTINGS
 from tests.helpers import analyze, in_threads
 
 pytestmark = pytest.mark.django_db

@@ -102,7 +102,7 @@ def test_retry_refuses_to_break_a_unique_key(run_worker):
 
 
 def test_expired_worker_rows_are_purged():
-    from django_qtasks.storage.storage import WORKERS
+    from django_qtasks.storage.interface import WORKERS
 
     config = app.broker.storage.global_config
     config.set(WORKERS, "gone", {}, ttl=-1)

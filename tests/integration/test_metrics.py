@@ -20,7 +20,7 @@ from django_qtasks import app
 from django_qtasks.contrib.metrics import metrics_view
 from django_qtasks.global_config.counters import METRICS, RETIRED
 from django_qtasks.models import ConfigEntry
-from django_qtasks.storage.storage import WORKERS
+from django_qtasks.storage.interface import WORKERS
 from tests.conftest import WorkerProcesses
 from tests.helpers import wait_until
 from tests.testapp.tasks import add, always_fail, record

@@ -86,6 +86,19 @@ def test_a_task_lost_more_often_than_the_allowance_ends_error_with_an_error_line
     assert (rescue.levelno, rescue.task_uuid) == (logging.WARNING, str(young.uuid))
 
 
+def test_the_tasks_of_one_dead_worker_come_back_spread_out():
+    # Claimed again all together, they would all die again with a task among them that
+    # kills its worker every time; each gets its own moment within two seconds.
+    lost = [stale_running("dead-worker") for _ in range(20)]
+    before = timezone.now()
+    assert len(app.broker.rescue()) == len(lost)
+    due = sorted(TaskRecord.objects.values_list("run_after", flat=True))
+    assert len(set(due)) == len(lost)
+    assert before <= due[0]
+    assert due[-1] <= before + dt.timedelta(seconds=2.5)
+    assert due[-1] - due[0] > dt.timedelta(seconds=0.2)
+
+
 @override_settings(QTASKS={"MAX_RESCUES": 0})
 def test_no_rescue_allowed_ends_the_first_lost_run_in_error():
     lost = stale_running("dead-worker")
@@ -259,4 +272,4 @@ def test_when_the_grace_runs_out_unfinished_tasks_are_handed_back(worker_thread,
     assert TaskRecord.objects.get(uuid=task.uuid).rescues == 1
     # Let the abandoned thread end, so that it lets go of the test database.
     release.touch()
-    wait_until(lambda: not any(t.is_alive() for t in starter.worker._threads), message="thread")
+    wait_until(lambda: not any(t.is_alive() for t in starter.worker.pool.threads), message="thread")

@@ -1,0 +1,315 @@
+"""EnqueueOptions and the checks every enqueue passes, in one place.
+
+Each entry point (``add_task``, ``add_tasks``, a pending call, the django.tasks backend,
+flows, schedules) builds one :class:`EnqueueOptions` and lets it validate and default
+the options; the arguments go through :func:`check_json`. Anything that cannot be
+stored, or would later stop a worker, is refused here with :class:`InvalidTaskCall`
+naming the field, before anything is written: a raw database error would also abort
+the caller's whole ``transaction.atomic()``. docs/tasks.md#limits lists the limits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from django.utils import timezone
+
+from django_qtasks.exceptions import InvalidTaskCall
+from django_qtasks.settings import PRIORITY_MAX, PRIORITY_MIN, QUEUE_NAME_RE
+
+if TYPE_CHECKING:
+    from django_qtasks.api.task import TaskOptions
+    from django_qtasks.settings import QTasksSettings
+
+RunAfter = dt.datetime | dt.timedelta | int | float | None
+
+# The deepest nesting of lists and dicts an argument may have. Decoding a row costs
+# stack in proportion to it, and a worker must always be able to decode what it claims.
+MAX_DEPTH = 100
+# task_name, unique_key and concurrency_key are VARCHAR(255) columns.
+MAX_KEY_LENGTH = 255
+# run_after in seconds (or a timedelta) may be at most this far from now, either way.
+MAX_DELAY = 100 * 366 * 86400.0
+
+
+def validate_priority(priority: Any) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidTaskCall(f"priority must be an integer, got {priority!r}.")
+    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise InvalidTaskCall(
+            f"priority must be from {PRIORITY_MIN} to {PRIORITY_MAX} (higher runs first), "
+            f"got {priority}."
+        )
+    return priority
+
+
+def validate_queue(queue: Any, allowed: Sequence[str] | None) -> str:
+    if not isinstance(queue, str) or not QUEUE_NAME_RE.match(queue):
+        raise InvalidTaskCall(
+            f"queue must be a name of letters, digits and _ . : - (at most 64), got {queue!r}."
+        )
+    if allowed is not None and queue not in allowed:
+        raise InvalidTaskCall(f"queue {queue!r} is not in QTASKS['QUEUES'] ({', '.join(allowed)}).")
+    return queue
+
+
+def validate_key(field: str, value: Any) -> str:
+    """A task name, unique key or concurrency key: a non-empty string that fits its
+    column and that every database can store."""
+    if not isinstance(value, str) or not value:
+        raise InvalidTaskCall(f"{field} must be a non-empty string, got {value!r}.")
+    if len(value) > MAX_KEY_LENGTH:
+        raise InvalidTaskCall(
+            f"{field} must be at most {MAX_KEY_LENGTH} characters, got {len(value):,}: "
+            f"{value[:40]!r}..."
+        )
+    _check_text(field, value)
+    return value
+
+
+def validate_timeout(timeout: Any, field: str = "timeout") -> float | None:
+    """Seconds to wait for a result: ``None`` (no wait) or a finite number >= 0. A NaN
+    would make the wait never end."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise InvalidTaskCall(f"{field} must be a number of seconds, got {timeout!r}.")
+    if not math.isfinite(timeout) or timeout < 0:
+        raise InvalidTaskCall(f"{field} must be a finite number of seconds >= 0, got {timeout!r}.")
+    return float(timeout)
+
+
+def validate_run_after(run_after: Any) -> RunAfter:
+    """The type and range of ``run_after``, without turning it into a time yet."""
+    if run_after is None:
+        return None
+    if isinstance(run_after, dt.datetime):
+        if timezone.is_naive(run_after):
+            raise InvalidTaskCall(
+                "run_after must be an aware datetime (use django.utils.timezone)."
+            )
+        return run_after
+    if isinstance(run_after, dt.timedelta):
+        seconds: float = run_after.total_seconds()
+    elif isinstance(run_after, (int, float)) and not isinstance(run_after, bool):
+        seconds = run_after  # an int of any size compares exactly; NaN compares False
+    else:
+        raise InvalidTaskCall(
+            f"run_after must be a datetime, a timedelta or seconds, got {type(run_after).__name__}."
+        )
+    if not abs(seconds) <= MAX_DELAY:
+        raise InvalidTaskCall(
+            f"run_after must be finite and at most {MAX_DELAY:,.0f} seconds (100 years) "
+            f"from now, got {run_after!r}."
+        )
+    return cast(RunAfter, run_after)
+
+
+def resolve_run_after(run_after: RunAfter) -> dt.datetime | None:
+    """Turn ``datetime | timedelta | seconds`` into an aware datetime."""
+    run_after = validate_run_after(run_after)
+    if run_after is None or isinstance(run_after, dt.datetime):
+        return run_after
+    if isinstance(run_after, dt.timedelta):
+        return timezone.now() + run_after
+    return timezone.now() + dt.timedelta(seconds=run_after)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnqueueOptions:
+    """The options of one enqueue, validated when built: a value of the wrong type or
+    range raises :class:`InvalidTaskCall` naming it. ``None`` means "the task's option,
+    else the settings' default" (:meth:`defaults`)."""
+
+    priority: int | None = None
+    queue: str | None = None
+    run_after: RunAfter = None
+    unique_key: str | None = None
+    concurrency_key: str | None = None
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.priority is not None:
+            validate_priority(self.priority)
+        if self.queue is not None:
+            validate_queue(self.queue, None)
+        validate_run_after(self.run_after)
+        if self.unique_key is not None:
+            validate_key("unique_key", self.unique_key)
+        if self.concurrency_key is not None:
+            validate_key("concurrency_key", self.concurrency_key)
+        validate_timeout(self.timeout)
+
+    def defaults(self, task: TaskOptions | None, settings: QTasksSettings) -> tuple[int, str]:
+        """Priority and queue, each given here, else the task's option, else the
+        settings' default; the queue checked against ``QTASKS['QUEUES']``."""
+        priority = self.priority
+        if priority is None and task is not None:
+            priority = task.priority
+        queue = self.queue or (task.queue if task else None) or settings.default_queue
+        validate_queue(queue, settings.queues)
+        return (settings.default_priority if priority is None else priority), queue
+
+
+# The options of a call that gives none (most calls): built and checked once.
+NO_OPTIONS = EnqueueOptions()
+
+
+def enqueue_options(
+    priority: int | None = None,
+    queue: str | None = None,
+    run_after: RunAfter = None,
+    unique_key: str | None = None,
+    concurrency_key: str | None = None,
+    timeout: float | None = None,
+) -> EnqueueOptions:
+    """The options of one ``add_task()`` call; :data:`NO_OPTIONS` when it gives none,
+    so the common call builds and checks nothing (enqueueing is a hot path)."""
+    if (
+        priority is None
+        and queue is None
+        and run_after is None
+        and unique_key is None
+        and concurrency_key is None
+        and timeout is None
+    ):
+        return NO_OPTIONS
+    return EnqueueOptions(
+        priority=priority,
+        queue=queue,
+        run_after=run_after,
+        unique_key=unique_key,
+        concurrency_key=concurrency_key,
+        timeout=timeout,
+    )
+
+
+def check_call_shape(args: Any, kwargs: Any) -> tuple[list[Any], dict[str, Any]]:
+    """Positional arguments as a list, keyword arguments as a dict of strings: a string
+    given as the argument tuple, or a list as the keywords, is refused instead of being
+    stored as something the caller did not mean."""
+    if isinstance(args, (str, bytes, bytearray, Mapping)) or not isinstance(args, (list, tuple)):
+        raise InvalidTaskCall(
+            f"args must be a list or tuple of positional arguments, got {type(args).__name__}: "
+            f"{_short(args)}."
+        )
+    if not isinstance(kwargs, Mapping):
+        raise InvalidTaskCall(
+            f"kwargs must be a dict of keyword arguments, got {type(kwargs).__name__}: "
+            f"{_short(kwargs)}."
+        )
+    for key in kwargs:
+        if not isinstance(key, str):
+            raise InvalidTaskCall(f"kwargs keys must be strings, got {key!r}.")
+    return list(args), dict(kwargs)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# One encoder for every call: json.dumps(..., allow_nan=False) builds a new one each time.
+# ensure_ascii (the default) makes a NUL or a surrogate visible as an escape in the text.
+_encode_json = json.JSONEncoder(allow_nan=False).encode
+# An escape no database stores: NUL (PostgreSQL's jsonb and text refuse it) or a
+# surrogate (paired ones are how ensure_ascii writes characters beyond U+FFFF, so those
+# are checked exactly on the values). Preceded by an even number of backslashes, so an
+# escaped backslash followed by "u0000" is not one.
+_SUSPECT_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u(?:0000|[dD][89a-fA-F])")
+
+
+def check_json(
+    args: Sequence[Any], kwargs: dict[str, Any], max_bytes: int | None
+) -> tuple[str, str]:
+    """Encode the arguments as the JSON that will be stored (once: the enqueue path is
+    hot), failing before anything is stored if an argument would not survive JSON or
+    the databases (the error names it), nests deeper than :data:`MAX_DEPTH`, or if
+    they are too big to belong in a queue row."""
+    try:
+        # Empty ones are common (most calls have no keyword arguments): no encoder.
+        encoded = (
+            _encode_json(list(args)) if args else "[]",
+            _encode_json(kwargs) if kwargs else "{}",
+        )
+    except (TypeError, ValueError, RecursionError):
+        _raise_for_bad_argument(args, kwargs)
+        raise
+    size = len(encoded[0]) + len(encoded[1])
+    if max_bytes is not None and size > max_bytes:
+        raise InvalidTaskCall(
+            f"The task's arguments take {size:,} bytes as JSON, more than "
+            f"QTASKS['MAX_ARGS_SIZE'] ({max_bytes:,}). Store large data elsewhere (a file, "
+            "a model) and pass its id."
+        )
+    # Cheap tests on the text first (enqueueing is a hot path): nesting past the limit
+    # needs that many brackets, and a refused string an escape.
+    deep = size > MAX_DEPTH and sum(text.count(c) for text in encoded for c in "[{") > MAX_DEPTH
+    args_text, kwargs_text = encoded
+    if (
+        deep
+        or ("\\u" in args_text and _SUSPECT_ESCAPE.search(args_text))
+        or ("\\u" in kwargs_text and _SUSPECT_ESCAPE.search(kwargs_text))
+    ):
+        for label, value in _labelled(args, kwargs):
+            check_value(label, value)
+    return encoded
+
+
+def check_value(label: str, value: Any, max_depth: int = MAX_DEPTH) -> None:
+    """Raise :class:`InvalidTaskCall` naming ``label`` if ``value`` (decoded JSON)
+    nests deeper than ``max_depth`` or holds a string with NUL or a lone surrogate.
+    Iterative, so that any depth is examined without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            _check_text(label, item)
+        elif isinstance(item, (list, tuple, dict)):
+            if depth >= max_depth:
+                raise InvalidTaskCall(
+                    f"{label} nests lists or dicts more than {max_depth} deep: "
+                    "a task's arguments must be flatter."
+                )
+            if isinstance(item, dict):
+                stack.extend((key, depth) for key in item)
+                stack.extend((child, depth + 1) for child in item.values())
+            else:
+                stack.extend((child, depth + 1) for child in item)
+
+
+def _check_text(label: str, text: str) -> None:
+    if "\x00" in text:
+        raise InvalidTaskCall(f"{label} holds a NUL character, which the database cannot store.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidTaskCall(
+            f"{label} holds a lone surrogate (not valid Unicode), which the database cannot store."
+        ) from None
+
+
+def _labelled(args: Sequence[Any], kwargs: dict[str, Any]) -> list[tuple[str, Any]]:
+    labelled = [(f"positional argument {i}", value) for i, value in enumerate(args)]
+    labelled += [(f"argument {name!r}", value) for name, value in kwargs.items()]
+    return labelled
+
+
+def _raise_for_bad_argument(args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+    """Find which argument cannot be encoded, and say so."""
+    for label, value in _labelled(args, kwargs):
+        check_value(label, value)  # too deep for the encoder: say so, not RecursionError
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"{label} ({type(value).__name__}) is not JSON-serializable: {exc}. "
+                "Task arguments are stored as JSON: pass ids, strings, numbers, lists and "
+                "dicts."
+            ) from None
