@@ -31,7 +31,10 @@ RunAfter = dt.datetime | dt.timedelta | int | float | None
 
 # The deepest nesting of lists and dicts an argument may have. Decoding a row costs
 # stack in proportion to it, and a worker must always be able to decode what it claims.
-MAX_DEPTH = 100
+# 31: MariaDB's JSON check (JSON_VALID) refuses a document nested over 31 levels, and an
+# argument sits one level down in the args array (or the kwargs object). One limit on
+# every database, so a project can move between them.
+MAX_DEPTH = 30
 # task_name, unique_key and concurrency_key are VARCHAR(255) columns.
 MAX_KEY_LENGTH = 255
 # run_after in seconds (or a timedelta) may be at most this far from now, either way.
