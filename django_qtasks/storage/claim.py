@@ -27,14 +27,22 @@ from django_qtasks.models import (
     TaskStatus,
 )
 from django_qtasks.storage.concurrency import LOCK_CLASS, lock_key
-from django_qtasks.storage.rows import _CLAIM_COLUMNS, BadRow, _snapshot_from_pg_row
+from django_qtasks.storage.rows import (
+    _CLAIM_COLUMNS,
+    MAX_ATTEMPT,
+    BadRow,
+    _snapshot_from_row,
+    claim_converters,
+)
 from django_qtasks.storage.table import TableStorage
 
 logger = logging.getLogger("django_qtasks.storage")
 
 
 _CLAIM_ROUNDS = 3  # claims in one claim() call, when limited tasks were handed back
-_PREVIOUS = "qtasks_previous_status"  # the claim's extra column: a limited row's old status
+# A claim spends an attempt, but not past the column's limit (such a row is a BadRow):
+# an overflow would fail the whole statement, so no task could be claimed at all.
+CLAIM_ATTEMPT = f"CASE WHEN attempt < {MAX_ATTEMPT} THEN attempt + 1 ELSE attempt END"
 
 
 class ClaimMixin(TableStorage):
@@ -104,11 +112,10 @@ class ClaimMixin(TableStorage):
         # wrongly in a RETURNING clause, so there the CTE decides and every row looks
         # its ``was`` up (in the CTE's automatic index).
         previous = f"(SELECT p.was FROM picked p WHERE p.uuid = {table}.uuid)"
-        returned = (
-            ", ".join(ops.quote_name(name) for name in _CLAIM_COLUMNS)
-            + f", CASE WHEN {table}.max_concurrency IS NULL THEN NULL ELSE {previous} END"
+        returned = ", ".join(_returned(ops, name, connection.vendor) for name in _CLAIM_COLUMNS) + (
+            f", CASE WHEN {table}.max_concurrency IS NULL THEN NULL ELSE {previous} END"
             if postgres
-            else f"*, {previous} AS {_PREVIOUS}"
+            else f", {previous}"
         )
         # The batch is picked once, in a MATERIALIZED CTE: a plain `uuid IN (SELECT ...
         # LIMIT n SKIP LOCKED)` may be run again by some plans, and each run can lock
@@ -117,48 +124,52 @@ class ClaimMixin(TableStorage):
             f"WITH picked AS MATERIALIZED (SELECT uuid, CASE WHEN max_concurrency IS NULL "
             f"THEN NULL ELSE status END AS was FROM {table} WHERE {where} "
             f"ORDER BY priority DESC, run_after, created_at LIMIT %s{lock}) "
-            f"UPDATE {table} SET status = %s, worker_id = %s, attempt = attempt + 1, "
+            f"UPDATE {table} SET status = %s, worker_id = %s, attempt = {CLAIM_ATTEMPT}, "
             f"started_at = %s, updated_at = %s "
             f"WHERE uuid IN (SELECT uuid FROM picked) "
             f"RETURNING {returned}"
         )
         all_params = [*params, limit, TaskStatus.PROCESS.value, worker_id, now, now]
+        with connection.cursor() as cursor:
+            steer = postgres and uuids is None and _can_steer(connection, cursor)
+            prefix = claim_settings(durable=self.settings.durable_claims) if steer else ""
+            cursor.execute(prefix + sql, all_params)
+            while steer and cursor.description is None and cursor.nextset():
+                pass  # past the SETs' empty results, to the claimed rows
+            rows = cursor.fetchall()
+        return self._claimed(rows, worker_id, claimed_at)
+
+    def _claimed(
+        self, rows: Sequence[Sequence[Any]], worker_id: str, claimed_at: dt.datetime
+    ) -> tuple[list[Task], dict[uuid_lib.UUID, str]]:
+        """The claim's rows (the _CLAIM_COLUMNS, then the limited rows' old status) as
+        snapshots in claim order, and the old statuses by task. Each row is decoded by
+        itself: one that cannot be run ends ``error`` alone (``_fail_bad_rows``)."""
+        connection = connections[self.alias]
+        # The hot path on PostgreSQL: plain rows into snapshots, no model instances.
+        # Django's psycopg setup hands jsonb over as text, decoded here as on the others.
+        converters = () if connection.vendor == "postgresql" else claim_converters(self.alias)
+        known = {
+            "status": TaskStatus.PROCESS.value,
+            "worker_id": worker_id,
+            "started_at": claimed_at,
+            "updated_at": claimed_at,
+            "returning": None,
+            "finished_at": None,
+        }
+        tasks = []
+        bad: list[BadRow] = []
         was: dict[uuid_lib.UUID, str] = {}
-        if postgres:
-            # The hot path: plain rows into snapshots, no model instances. Django's
-            # psycopg setup hands jsonb over as text, for JSONField to decode.
-            with connection.cursor() as cursor:
-                steer = uuids is None and _can_steer(connection, cursor)
-                prefix = claim_settings(durable=self.settings.durable_claims) if steer else ""
-                cursor.execute(prefix + sql, all_params)
-                while steer and cursor.description is None and cursor.nextset():
-                    pass  # past the SETs' empty results, to the claimed rows
-                known = {
-                    "status": TaskStatus.PROCESS.value,
-                    "worker_id": worker_id,
-                    "started_at": claimed_at,
-                    "updated_at": claimed_at,
-                    "returning": None,
-                    "finished_at": None,
-                }
-                tasks = []
-                bad: list[BadRow] = []
-                for row in cursor.fetchall():
-                    try:
-                        tasks.append(_snapshot_from_pg_row(row[:-1], known))
-                    except BadRow as exc:
-                        bad.append(exc)
-                        continue
-                    if row[-1] is not None:
-                        was[tasks[-1].uuid] = row[-1]
-            if bad:
-                self._fail_bad_rows(bad)
-        else:
-            tasks = []
-            for record in self._records().raw(sql, all_params):
-                tasks.append(Task.from_record(record))
-                if getattr(record, _PREVIOUS) is not None:
-                    was[record.uuid] = getattr(record, _PREVIOUS)
+        for row in rows:
+            try:
+                tasks.append(_snapshot_from_row(row[:-1], known, converters))
+            except BadRow as exc:
+                bad.append(exc)
+                continue
+            if row[-1] is not None:
+                was[tasks[-1].uuid] = row[-1]
+        if bad:
+            self._fail_bad_rows(bad)
         tasks.sort(key=_claim_order)
         return tasks, was
 
@@ -167,6 +178,8 @@ class ClaimMixin(TableStorage):
         rest of its batch runs. Never retried: it would fail the same way."""
         for exc in bad:
             logger.error("Task %s: %s", exc.task.uuid, exc, extra={"task_uuid": exc.task.uuid})
+        # A uuid that cannot be read cannot be failed by; the row is left in ``process``.
+        bad = [exc for exc in bad if exc.task.uuid is not None]
         error = {"type": "django_qtasks.exceptions.BadTaskRow"}
         self.finish_many(
             [
@@ -374,6 +387,16 @@ def _can_steer(connection: Any, cursor: Any) -> bool:
     except ImportError:  # psycopg2
         return False
     return isinstance(cursor.cursor, ClientCursor)
+
+
+def _returned(ops: Any, name: str, vendor: str) -> str:
+    """A column as the claim reads it back. SQLite's driver parses a column declared as
+    a time itself, where one bad value would fail the whole fetch: there times come as
+    text, for each row's own decoding (BadRow)."""
+    quoted = ops.quote_name(name)
+    if vendor == "sqlite" and name in ("run_after", "created_at"):
+        return f"CAST({quoted} AS TEXT)"
+    return str(quoted)
 
 
 def _claim_order(task: Task) -> tuple[Any, ...]:

@@ -38,11 +38,11 @@ from django.utils import timezone
 from django_qtasks.api.task import Task
 from django_qtasks.exceptions import ConfigurationError
 from django_qtasks.models import TaskRecord, TaskStatus
-from django_qtasks.storage.claim import _claim_order
+from django_qtasks.storage.claim import CLAIM_ATTEMPT
 from django_qtasks.storage.concurrency import LOCK_CLASS, lock_key
 from django_qtasks.storage.db import DEADLOCK, is_lock_conflict, mysql_error_code
 from django_qtasks.storage.django_storage import DjangoStorage
-from django_qtasks.storage.rows import _as_uuid
+from django_qtasks.storage.rows import _CLAIM_COLUMNS, MAX_ATTEMPT, _as_uuid
 from django_qtasks.storage.table import Message
 
 logger = logging.getLogger("django_qtasks.storage")
@@ -108,6 +108,11 @@ def retry_deadlocks(method: Callable[..., _T]) -> Callable[..., _T]:
     return wrapper
 
 
+def _spent(attempt: Any) -> Any:
+    """A row's attempt after the claim's UPDATE (CLAIM_ATTEMPT)."""
+    return attempt + 1 if isinstance(attempt, int) and attempt < MAX_ATTEMPT else attempt
+
+
 class MySQLStorage(DjangoStorage):
     """:class:`~django_qtasks.storage.DjangoStorage` on MariaDB or MySQL.
 
@@ -148,7 +153,6 @@ class MySQLStorage(DjangoStorage):
         connection = connections[self.alias]
         ops = connection.ops
         table = self._table()
-        pk = TaskRecord._meta.pk
         claimed_at = timezone.now()
         now = ops.adapt_datetimefield_value(claimed_at)
         # The claim index holds waiting rows only (the others' column is NULL), in
@@ -161,39 +165,29 @@ class MySQLStorage(DjangoStorage):
         # InnoDB sampled before a burst of enqueues looks like "no waiting rows");
         # given uuids are found by primary key.
         force = "" if uuids is not None else f" FORCE INDEX ({CLAIM_INDEX})"
+        columns = ", ".join(ops.quote_name(name) for name in _CLAIM_COLUMNS)
         sql = (
-            f"SELECT {table}.*, CASE WHEN max_concurrency IS NULL THEN NULL ELSE status END "
-            f"AS qtasks_previous_status FROM {table}{force} "
+            f"SELECT {columns}, CASE WHEN max_concurrency IS NULL THEN NULL ELSE status END "
+            f"FROM {table}{force} "
             f"WHERE {where} ORDER BY {CLAIM_COLUMN}, run_after, created_at "
             "LIMIT %s FOR UPDATE SKIP LOCKED"
         )
-        was: dict[uuid_lib.UUID, str] = {}
-        tasks: list[Task] = []
         with transaction.atomic(using=self.alias), connection.cursor() as cursor:
             self._read_committed(cursor)
-            records = list(self._records().raw(sql, [*params, limit]))
-            if not records:
+            cursor.execute(sql, [*params, limit])
+            rows = cursor.fetchall()
+            if not rows:
                 return [], {}
-            marks = ", ".join(["%s"] * len(records))
+            marks = ", ".join(["%s"] * len(rows))
             cursor.execute(
-                f"UPDATE {table} SET status = %s, worker_id = %s, attempt = attempt + 1, "
+                f"UPDATE {table} SET status = %s, worker_id = %s, attempt = {CLAIM_ATTEMPT}, "
                 f"started_at = %s, updated_at = %s WHERE uuid IN ({marks})",
-                [
-                    TaskStatus.PROCESS.value, worker_id, now, now,
-                    *(pk.get_db_prep_value(r.uuid, connection) for r in records),
-                ],
-            )  # fmt: skip
-        for record in records:
-            previous = record.qtasks_previous_status
-            record.status = TaskStatus.PROCESS.value
-            record.worker_id = worker_id
-            record.attempt += 1
-            record.started_at = record.updated_at = claimed_at
-            tasks.append(Task.from_record(record))
-            if previous is not None:
-                was[record.uuid] = previous
-        tasks.sort(key=_claim_order)
-        return tasks, was
+                [TaskStatus.PROCESS.value, worker_id, now, now, *(row[0] for row in rows)],
+            )
+        # The rows as the UPDATE left them: the rest is what _claimed knows.
+        at = _CLAIM_COLUMNS.index("attempt")
+        rows = [(*row[:at], _spent(row[at]), *row[at + 1 :]) for row in rows]
+        return self._claimed(rows, worker_id, claimed_at)
 
     @retry_deadlocks
     def _check_limits(

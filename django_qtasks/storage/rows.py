@@ -15,9 +15,11 @@ import json
 import operator
 import uuid as uuid_lib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
-from django_qtasks.api.task import MAX_DEPTH, Task, TaskSpec, check_json, check_value
+from django.db import models
+
+from django_qtasks.api.task import MAX_DEPTH, Task, TaskSpec, check_json
 from django_qtasks.exceptions import InvalidTaskCall
 from django_qtasks.models import (
     TaskRecord,
@@ -261,8 +263,8 @@ def _insert_fields() -> list[Any]:
     return [TaskRecord._meta.get_field(name) for name in _INSERT_COLUMNS]
 
 
-# What a claim reads back on PostgreSQL: the rest of the snapshot is known already
-# (status, worker, times), and every column not read is a value not parsed.
+# What a claim reads back: the rest of the snapshot is known already (status, worker,
+# times), and every column not read is a value not parsed.
 _CLAIM_COLUMNS = (
     "uuid", "task_name", "priority", "queue", "args", "kwargs", "traceback", "errors",
     "attempt", "max_retries", "run_after", "created_at", "unique_key", "cancel_requested",
@@ -274,12 +276,20 @@ _CLAIM_JSON = tuple(
 )
 # Most rows hold empty lists and objects: no need to run the decoder for those.
 _EMPTY_JSON: dict[str, Callable[[], Any]] = {"[]": list, "{}": dict}
+# The deepest the args array and the kwargs object may nest: an argument may nest
+# MAX_DEPTH levels and sits one level down.
+_ARGUMENTS_DEPTH = MAX_DEPTH + 1
+# The claim adds one to a row's attempt, but not past this (PostgreSQL's integer, the
+# smallest of the databases' attempt columns): such a row fails alone (BadRow) instead
+# of making the whole claim statement fail with an overflow.
+MAX_ATTEMPT = 2**31 - 1
 
 
 class BadRow(ValueError):
     """A claimed row that cannot become a task snapshot (JSON nested too deep to decode,
-    arguments of the wrong shape): written past enqueue's checks, by hand or another
-    program. ``task`` is its snapshot with empty JSON columns, to fail it by."""
+    arguments of the wrong shape, a column another program filled with what the model
+    cannot read): written past enqueue's checks, by hand or another program. ``task``
+    is its snapshot with empty JSON columns, to fail it by."""
 
     def __init__(self, message: str, task: Task) -> None:
         super().__init__(message)
@@ -287,37 +297,137 @@ class BadRow(ValueError):
 
 
 # The JSON columns of a snapshot as a bad row's stand-in has them.
-_BLANK_JSON: dict[str, Any] = {"args": "[]", "kwargs": "{}", "errors": "[]", "progress": None,
-                               "tags": "[]"}  # fmt: skip
+_BLANK_JSON: dict[str, Any] = {"args": [], "kwargs": {}, "errors": [], "progress": None, "tags": []}
+# A stand-in for a column that cannot be read, given the values the claim knows.
+_BLANK_VALUE: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "run_after": operator.itemgetter("started_at"),
+    "created_at": operator.itemgetter("started_at"),
+    "cancel_requested": lambda known: False,
+}
+Converter = Callable[[Any], Any]
 
 
-def _snapshot_from_pg_row(row: Sequence[Any], known: dict[str, Any]) -> Task:
-    """The snapshot of one claimed row; :class:`BadRow` if its JSON cannot be decoded
-    or its arguments are not a list and an object, so that it fails alone."""
-    values = dict(zip(_CLAIM_COLUMNS, row, strict=True))
+def nests_deeper(value: Any, limit: int) -> bool:
+    """Whether decoded JSON nests lists and objects more than ``limit`` deep. Only the
+    depth: the claim's values were stored, so their strings are fine (check_value also
+    examines every string, which costs more than the decoding)."""
+    level: list[Any] = [value] if type(value) in (list, dict) else []
+    for _depth in range(limit):  # one level at a time, containers only
+        below: list[Any] = []
+        for item in level:
+            children = item.values() if type(item) is dict else item
+            below += [child for child in children if type(child) in _CONTAINERS]
+        if not below:
+            return False
+        level = below
+    return bool(level)
+
+
+_CONTAINERS = (list, dict)  # what json.loads makes of arrays and objects (exact types)
+
+
+def _decode_json(values: dict[str, Any]) -> str | None:
+    """Decode the row's JSON columns in place; what is wrong with them, or None."""
     try:
         for name in _CLAIM_JSON:
             value = values[name]
-            if isinstance(value, str):  # Django's psycopg setup leaves jsonb as text
+            if isinstance(value, str):  # JSON text (PostgreSQL's jsonb included)
                 empty = _EMPTY_JSON.get(value)
                 values[name] = empty() if empty else json.loads(value)
-                if len(value) > MAX_DEPTH and value.count("[") + value.count("{") > MAX_DEPTH:
-                    check_value(name, values[name])  # deeper than enqueue allows
-        if not isinstance(values["args"], list) or not isinstance(values["kwargs"], dict):
-            raise TypeError("its args must be a JSON array and its kwargs a JSON object")
-    except (RecursionError, ValueError, TypeError, InvalidTaskCall) as exc:
-        if isinstance(exc, RecursionError):
-            exc = RecursionError("its JSON nests too deep to decode")
-        blank = [
-            _BLANK_JSON.get(name, value) for name, value in zip(_CLAIM_COLUMNS, row, strict=True)
-        ]
-        raise BadRow(
-            f"The task's row cannot be run: {exc}. It was not written by add_task(), "
-            "which refuses such values (docs/tasks.md#limits).",
-            _snapshot_from_pg_row(blank, known),
-        ) from None
+                # Cheap on the text first: nesting past the limit needs that many brackets.
+                if (
+                    name in ("args", "kwargs")
+                    and len(value) > _ARGUMENTS_DEPTH
+                    and value.count("[") + value.count("{") > _ARGUMENTS_DEPTH
+                    and nests_deeper(values[name], _ARGUMENTS_DEPTH)
+                ):
+                    return f"its {name} nest lists or dicts more than {MAX_DEPTH} deep"
+    except RecursionError:
+        return "its JSON nests too deep to decode"
+    except ValueError as exc:  # JSONDecodeError, and what the decoder cannot convert
+        return f"its JSON cannot be decoded ({exc})"
+    if not isinstance(values["args"], list) or not isinstance(values["kwargs"], dict):
+        return "its args must be a JSON array and its kwargs a JSON object"
+    return None
+
+
+# Columns whose values the claim and the worker compute with, and their type: a
+# database without strict types (SQLite) keeps whatever another program wrote.
+_TYPED = {"priority": int, "attempt": int, "max_retries": int, "task_name": str, "queue": str}
+_BLANK_TYPED: dict[str, Any] = {"priority": 0, "attempt": 1, "max_retries": 0, "task_name": "",
+                                "queue": ""}  # fmt: skip
+
+
+def _check_columns(values: dict[str, Any]) -> str | None:
+    """What is wrong with the row's typed columns (each bad one blanked in place), or
+    None."""
+    problem = None
+    for name, type_ in _TYPED.items():
+        value = values[name]
+        if not isinstance(value, type_) or isinstance(value, bool):
+            values[name] = _BLANK_TYPED[name]
+            kind = "an integer" if type_ is int else "text"
+            problem = problem or f"its {name} ({value!r:.80}) is not {kind}"
+    if problem is None and not 0 <= values["attempt"] < MAX_ATTEMPT:
+        problem = f"its attempt ({values['attempt']}) is at the limit of its column"
+    return problem
+
+
+def _snapshot_from_row(
+    row: Sequence[Any], known: dict[str, Any], converters: Sequence[tuple[int, Converter]] = ()
+) -> Task:
+    """The snapshot of one claimed row (its values in _CLAIM_COLUMNS order, JSON columns
+    as text or decoded); :class:`BadRow` if it cannot become one, so that it fails alone.
+
+    ``converters`` turn a database's raw values into Python ones, by column position
+    (none on PostgreSQL, whose driver does it). One that raises makes the row bad; its
+    stand-in keeps the values that could be read."""
+    values = dict(zip(_CLAIM_COLUMNS, row, strict=True))
+    problem = None
+    for index, convert in converters:
+        name = _CLAIM_COLUMNS[index]
+        try:
+            values[name] = convert(row[index])
+        except Exception as exc:  # any value another program wrote
+            problem = problem or f"its {name} ({row[index]!r:.80}) cannot be read: {exc}"
+            values[name] = _BLANK_VALUE[name](known) if name in _BLANK_VALUE else None
+    column_problem = _check_columns(values)  # always: the stand-in is sorted and logged
+    problem = problem or column_problem or _decode_json(values)
     values.update(known)
+    if problem is not None:
+        values.update(_BLANK_JSON)
+        raise BadRow(
+            f"The task's row cannot be run: {problem}. It was not written by add_task(), "
+            "which refuses such values (docs/tasks.md#limits).",
+            Task.from_fields(values),
+        )
     return Task.from_fields(values)
+
+
+@functools.cache
+def claim_converters(alias: str) -> tuple[tuple[int, Converter], ...]:
+    """What turns the claim's raw values into Python ones on this database (not
+    PostgreSQL's): Django's converters of each column that has any (UUIDs, times and
+    booleans on SQLite and MariaDB), the JSON columns left to the claim's own decoder."""
+    from django.db import connections
+
+    connection = connections[alias]
+    converters: list[tuple[int, Converter]] = []
+    for index, name in enumerate(_CLAIM_COLUMNS):
+        if name in _CLAIM_JSON:
+            continue
+        field = cast("models.Field[Any, Any]", TaskRecord._meta.get_field(name))
+        col = field.get_col(TaskRecord._meta.db_table)
+        found = connection.ops.get_db_converters(col) + field.get_db_converters(connection)
+        if found:
+            converters.append((index, functools.partial(_convert, found, col, connection)))
+    return tuple(converters)
+
+
+def _convert(found: list[Any], col: Any, connection: Any, value: Any) -> Any:
+    for converter in found:
+        value = converter(value, col, connection)
+    return value
 
 
 def _as_uuid(value: Any) -> uuid_lib.UUID:

@@ -8,12 +8,19 @@ import json
 import uuid
 from typing import Any
 
+import pytest
 from django.utils import timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from django_qtasks.api.options import MAX_DEPTH
-from django_qtasks.storage.rows import _CLAIM_COLUMNS, BadRow, _snapshot_from_pg_row
+from django_qtasks.storage.rows import (
+    _CLAIM_COLUMNS,
+    MAX_ATTEMPT,
+    BadRow,
+    _snapshot_from_row,
+    nests_deeper,
+)
 
 KNOWN = {"status": "process", "worker_id": "w", "started_at": None, "updated_at": None,
          "returning": None, "finished_at": None}  # fmt: skip
@@ -26,14 +33,14 @@ json_values = st.recursive(
 )
 
 
-def row(args: str, kwargs: str) -> list[Any]:
+def row(args: str, kwargs: str, **columns: Any) -> list[Any]:
     now = timezone.now()
     values = {"uuid": uuid.uuid4(), "task_name": "t", "priority": 0, "queue": "default",
               "args": args, "kwargs": kwargs, "traceback": "", "errors": "[]", "attempt": 1,
               "max_retries": 0, "run_after": now, "created_at": now, "unique_key": None,
               "cancel_requested": False, "progress": None, "tags": "[]", "flow_id": None,
               "flow_stage": None, "flow_index": None, "concurrency_key": None,
-              "max_concurrency": None}  # fmt: skip
+              "max_concurrency": None, **columns}  # fmt: skip
     return [values[name] for name in _CLAIM_COLUMNS]
 
 
@@ -41,25 +48,69 @@ def nest(value: Any, depth: int) -> str:
     return "[" * depth + json.dumps(value) + "]" * depth
 
 
-def decode(args: str, kwargs: str) -> Any:
+def depth(value: Any) -> int:
+    """How many levels of lists and dicts ``value`` nests (written recursively, unlike
+    the code under test)."""
+    if isinstance(value, list):
+        return 1 + max(map(depth, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(depth, value.values()), default=0)
+    return 0
+
+
+def decode(args: str, kwargs: str, **columns: Any) -> Any:
     """The snapshot, or the BadRow raised (returned, to assert on it)."""
     try:
-        return _snapshot_from_pg_row(row(args, kwargs), KNOWN)
+        return _snapshot_from_row(row(args, kwargs, **columns), KNOWN)
     except BadRow as exc:
         return exc
 
 
 @settings(max_examples=300, deadline=None)
-@given(args=json_values, kwargs=json_values, depth=st.integers(0, 3 * MAX_DEPTH))
-def test_any_json_decodes_or_fails_alone(args: Any, kwargs: Any, depth: int) -> None:
-    result = decode(nest(args, depth), json.dumps(kwargs))
+@given(args=json_values, kwargs=json_values, levels=st.integers(0, 3 * MAX_DEPTH))
+def test_any_json_decodes_or_fails_alone(args: Any, kwargs: Any, levels: int) -> None:
+    text = nest(args, levels)
+    result = decode(text, json.dumps(kwargs))
     if isinstance(result, BadRow):
         assert "cannot be run" in str(result)
         assert (result.task.args, result.task.kwargs) == ([], {})
     else:
         assert isinstance(result.args, list)
         assert isinstance(result.kwargs, dict)
-        assert depth <= MAX_DEPTH
+    # Exactly what enqueueing allows: arguments nested MAX_DEPTH deep, one level down
+    # (in the args array or the kwargs object), and nothing else.
+    decoded = json.loads(text)
+    refused = (
+        not isinstance(decoded, list)
+        or not isinstance(kwargs, dict)
+        or depth(decoded) > MAX_DEPTH + 1
+        or depth(kwargs) > MAX_DEPTH + 1
+    )
+    assert isinstance(result, BadRow) == refused
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=json_values, extra=st.integers(0, 2 * MAX_DEPTH), limit=st.integers(0, 40))
+def test_the_depth_walk_agrees_with_a_recursive_count(value: Any, extra: int, limit: int) -> None:
+    value = json.loads(nest(value, extra))
+    assert nests_deeper(value, limit) == (depth(value) > limit)
+
+
+@pytest.mark.parametrize(
+    ("columns", "problem"),
+    [
+        ({"args": "not json"}, "cannot be decoded"),
+        ({"attempt": MAX_ATTEMPT}, "attempt (2147483647) is at the limit"),
+        ({"priority": "high"}, "priority ('high') is not an integer"),
+        ({"task_name": 7}, "task_name (7) is not text"),
+    ],
+)
+def test_a_bad_column_is_a_bad_row_naming_it(columns: dict[str, Any], problem: str) -> None:
+    columns.setdefault("args", "[]")
+    result = decode(kwargs="{}", **columns)
+    assert isinstance(result, BadRow)
+    assert problem in str(result)
+    assert isinstance(result.task.priority, int)  # the stand-in sorts and logs
 
 
 def test_json_nested_past_the_decoder_is_a_bad_row() -> None:
