@@ -191,7 +191,7 @@ def test_postgresql_restarted_mid_run_loses_no_plain_task(tmp_path):
             server.restart(mode)
             # Each worker met the outage and is back: it says so once each way.
             wait_until(
-                lambda: all(outages_logged(log)[1] >= restarts for log in logs), timeout=60,
+                lambda n=restarts: all(outages_logged(log)[1] >= n for log in logs), timeout=60,
                 message=f"the workers to log their recovery\n{log_text(logs[0])[-3000:]}",
             )  # fmt: skip
         wait_until(lambda: not private_open(server), timeout=180,
@@ -211,7 +211,8 @@ def test_postgresql_restarted_mid_run_loses_no_plain_task(tmp_path):
         # rescued run is an INFO line, each failed retry a DEBUG one).
         for log, lines in zip(logs, loud, strict=True):
             assert outages_logged(log) == (2, 2), lines
-            assert len(lines) == 2 and all(UNREACHABLE in line for line in lines), lines
+            assert len(lines) == 2, lines
+            assert all(UNREACHABLE in line for line in lines), lines
 
 
 @pytest.mark.postgres
