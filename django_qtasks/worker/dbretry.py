@@ -85,10 +85,10 @@ class DatabaseRetry:
 
     def failed(self, message: str, *args: object, action: str, **fields: Any) -> None:
         """After a failed database operation, in its ``except`` block: drop the
-        connection and log. A lost connection (docs/reliability.md#connection-errors-
-        that-count-as-a-lost-run) is part of an outage, logged once; the operation's
-        own ``message`` (with the traceback) is DEBUG then. Any other database error
-        is the operation's own WARNING."""
+        connection and log. A lost connection (the list is in docs/reliability.md) is
+        part of an outage, logged once; the operation's own ``message`` (with the
+        traceback) is DEBUG then. Any other database error is the operation's own
+        WARNING."""
         exc = sys.exc_info()[1]
         lost = exc is not None and is_connection_lost(exc, self.alias)
         if exc is not None and lost:
