@@ -19,7 +19,6 @@ from django.db.models import F
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from django_qtasks.api.task import Task
 from django_qtasks.exceptions import TaskConflict
 from django_qtasks.models import (
     ConfigEntry,
@@ -30,6 +29,7 @@ from django_qtasks.storage.flows import FlowMixin
 from django_qtasks.storage.interface import WORKERS
 from django_qtasks.storage.rows import _as_uuid
 from django_qtasks.storage.table import _NOW, CANCELLED, WORKER_LOST
+from django_qtasks.values import Task
 
 logger = logging.getLogger("django_qtasks.storage")
 # Seconds over which the tasks rescued together are spread (see RescueMixin._spread).
@@ -103,9 +103,7 @@ class RescueMixin(FlowMixin):
         spent = "rescues >= %s"
         rescued = f"Task lost: {why}. Rescued: back to the queue without spending an attempt."
         final = lost_for_good(why, allowance)
-        due = connection.ops.adapt_datetimefield_value(
-            timezone.now() + dt.timedelta(seconds=delay)
-        )
+        due = connection.ops.adapt_datetimefield_value(timezone.now() + dt.timedelta(seconds=delay))
         message = (f"CASE WHEN {spent} THEN %s ELSE %s END", [allowance, final, rescued])
         # Every expression reads ``rescues`` before its increment (MariaDB evaluates a
         # SET list left to right): the increment comes last.
@@ -239,7 +237,6 @@ class RescueMixin(FlowMixin):
             .filter(worker_id=worker_id, status=TaskStatus.PROCESS, cancel_requested=True)
             .values_list("uuid", flat=True)
         )
-
 
     def requeue(self, uuid: uuid_lib.UUID | str) -> Task | None:
         try:

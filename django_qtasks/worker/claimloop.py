@@ -16,8 +16,8 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 if TYPE_CHECKING:
-    from django_qtasks.api.task import Task
     from django_qtasks.broker.broker import BaseBroker
+    from django_qtasks.values import Task
     from django_qtasks.worker.dbretry import DatabaseRetry
     from django_qtasks.worker.slots import Slots
 

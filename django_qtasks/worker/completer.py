@@ -18,14 +18,14 @@ from django.db import DatabaseError, connections
 from django.utils import timezone
 
 from django_qtasks import signals
-from django_qtasks.api.task import Outcome
 from django_qtasks.log import task_fields
 from django_qtasks.models import TaskStatus
+from django_qtasks.values import Outcome
 
 if TYPE_CHECKING:
-    from django_qtasks.api.task import Task
     from django_qtasks.broker.broker import BaseBroker
     from django_qtasks.global_config.counters import TaskCounters
+    from django_qtasks.values import Task
     from django_qtasks.worker.dbretry import DatabaseRetry
     from django_qtasks.worker.slots import Slots
 

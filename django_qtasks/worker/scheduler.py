@@ -30,11 +30,11 @@ from django.utils import timezone
 
 from django_qtasks import signals
 from django_qtasks.api.options import EnqueueOptions
-from django_qtasks.api.task import Task, TaskSpec
 from django_qtasks.cron import get_zone, latest_tick, next_tick
 from django_qtasks.exceptions import ConfigurationError, QTasksError
 from django_qtasks.log import task_fields
 from django_qtasks.storage.db import reset_connection
+from django_qtasks.values import Task, TaskSpec
 
 if TYPE_CHECKING:
     from django_qtasks.api.queue_tasks import BaseQueueTasks

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 from django.db import DatabaseError, connections
 
 from django_qtasks import signals
-from django_qtasks.api.task import Outcome, Task
 from django_qtasks.exceptions import TaskNotRegistered, describe_exception
 from django_qtasks.global_config.counters import TaskCounters
 from django_qtasks.log import task_fields
 from django_qtasks.models import TaskStatus
 from django_qtasks.settings import import_component
+from django_qtasks.values import Outcome, Task
 from django_qtasks.worker.claimloop import ClaimLoop
 from django_qtasks.worker.completer import Completer, Done
 from django_qtasks.worker.context import TaskContext
