@@ -338,7 +338,7 @@ def enqueued_result(task: Task, django_task: AnyDjangoTask, alias: str) -> AnyTa
     if not _NEW_RESULT_SETTERS or task.status != TaskStatus.NEW or task.attempt:
         return to_task_result(task, django_task, alias, as_given=True)
     result: AnyTaskResult = object.__new__(TaskResult)
-    values = (
+    values: tuple[Any, ...] = (
         django_task, str(task.uuid), TaskResultStatus.READY, task.created_at, None, None,
         None, task.args, task.kwargs, alias, [], [], None,
     )  # fmt: skip
