@@ -88,16 +88,26 @@ class RescueMixin(FlowMixin):
             task.worker_id,
             TaskRecord._meta.pk.get_db_prep_value(task.uuid, connection),
         ]
-        changed = self._rescue_where(where, params, why, delay=delay)
+        # INFO: the worker logs the outage that cut the connection once, at WARNING; a
+        # restart would otherwise add a warning per running task to that one.
+        changed = self._rescue_where(where, params, why, delay=delay, level=logging.INFO)
         return changed[0][1] if changed else None
 
     def _rescue_where(
-        self, where: str, where_params: list[Any], why: str, *, delay: float = 0.0
+        self,
+        where: str,
+        where_params: list[Any],
+        why: str,
+        *,
+        delay: float = 0.0,
+        level: int = logging.WARNING,
     ) -> list[tuple[uuid_lib.UUID, str]]:
         """Send the rows of ``where`` back to waiting, their attempt unspent and their
         ``rescues`` counted, due in ``delay`` seconds; a row already rescued
         ``MAX_RESCUES`` times ends ``error`` instead (a task that keeps killing its
-        worker must stop). One statement: safe to run from many workers at once."""
+        worker must stop). One statement: safe to run from many workers at once.
+        ``level`` is the level of each rescued task's line (a task lost for good is
+        always an ERROR)."""
         connection = connections[self.alias]
         allowance = self.settings.max_rescues
         spent = "rescues >= %s"
@@ -135,7 +145,8 @@ class RescueMixin(FlowMixin):
                     extra={"action": "lost_for_good", "task_uuid": str(uuid), "status": status},
                 )
             else:
-                logger.warning(
+                logger.log(
+                    level,
                     "Task %s rescued: %s; back to the queue without spending an attempt",
                     uuid,
                     why,

@@ -38,6 +38,7 @@ from django_qtasks.values import Task, TaskSpec
 
 if TYPE_CHECKING:
     from django_qtasks.api.queue_tasks import BaseQueueTasks
+    from django_qtasks.worker.dbretry import DatabaseRetry
 
 logger = logging.getLogger("django_qtasks.scheduler")
 
@@ -169,8 +170,11 @@ class Scheduler:
         schedules: Sequence[Schedule] | None = None,
         worker_id: str = "",
         clock: Callable[[], dt.datetime] = timezone.now,
+        retry: DatabaseRetry | None = None,
     ) -> None:
         self.app = app
+        # The worker's, so that an outage is logged once per worker (docs/reliability.md).
+        self.retry = retry
         self.schedules = list(collect_schedules(app) if schedules is None else schedules)
         self.worker_id = worker_id
         self.clock = clock
@@ -254,13 +258,14 @@ class Scheduler:
                 except DatabaseError:
                     failures += 1
                     delay = min(MAX_DB_BACKOFF, 0.5 * 2**failures)
-                    logger.warning(
-                        "Scheduler: database error; trying again in %.1f s",
-                        delay,
-                        exc_info=True,
-                        extra={"action": "scheduler_failed"},
-                    )
-                    reset_connection(alias)
+                    message = "Scheduler: database error; trying again in %.1f s"
+                    if self.retry is not None:
+                        self.retry.failed(message, delay, action="scheduler_failed")
+                    else:
+                        logger.warning(
+                            message, delay, exc_info=True, extra={"action": "scheduler_failed"}
+                        )
+                        reset_connection(alias)
                     self._stop.wait(delay)
                     continue
                 except Exception:
