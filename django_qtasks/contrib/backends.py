@@ -26,7 +26,6 @@ from django.utils import timezone
 
 from django_qtasks import signals
 from django_qtasks.api.options import EnqueueOptions, check_json, validate_queue
-from django_qtasks.api.task import Outcome, Task, TaskSpec
 from django_qtasks.contrib.django_tasks import (
     BACKEND_TAG,
     PREFIX,
@@ -41,6 +40,7 @@ from django_qtasks.contrib.django_tasks import (
     after_attempt,
     alias_of,
     django_signals,
+    enqueued_result,
     in_installed_app,
     normalize_json,
     resolve,
@@ -50,13 +50,14 @@ from django_qtasks.contrib.django_tasks import (
 )
 from django_qtasks.exceptions import ConfigurationError, InvalidTaskCall, TaskNotRegistered
 from django_qtasks.settings import QUEUE_NAME_RE, get_settings
+from django_qtasks.values import Outcome, Task, TaskSpec
 
 if TYPE_CHECKING:
     from django_qtasks.api.queue_tasks import QueueTasks
 
 logger = logging.getLogger("django_qtasks.backends")
 
-#: Task objects whose checks a backend remembers (see QTasksBackend._checked_name).
+#: Task objects whose checks a backend remembers (see QTasksBackend._check).
 MAX_CHECKED = 256
 
 
@@ -123,9 +124,10 @@ class QTasksBackend(BaseTaskBackend):
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
-        # id(task) -> (task, settings, USE_TZ, row name): what checking a Task object
-        # found, for as long as it and the settings stay the same objects (see _checked).
-        self._checked: dict[int, tuple[AnyDjangoTask, object, bool, str]] = {}
+        # id(task) -> (task, settings, USE_TZ, row name, its enqueue options): what
+        # checking a Task object found, for as long as it and the settings stay the same
+        # objects (see _checked).
+        self._checked: dict[int, tuple[AnyDjangoTask, object, bool, str, EnqueueOptions]] = {}
 
     @property
     def app(self) -> QueueTasks:
@@ -152,20 +154,22 @@ class QTasksBackend(BaseTaskBackend):
             _check_options(task)
 
     # -- enqueue ---------------------------------------------------------------------
-    def _checked_name(self, task: AnyDjangoTask) -> str:
-        """The row name of a valid ``task``; raises ``InvalidTask`` otherwise.
+    def _check(self, task: AnyDjangoTask) -> tuple[str, EnqueueOptions]:
+        """The row name and the enqueue options of a valid ``task``; raises
+        ``InvalidTask`` otherwise.
 
         A ``Task`` is a frozen dataclass, and what the checks read besides it (our
         settings, ``USE_TZ``, the installed apps, the registry, which only grows) does
         not change while the settings object stays the same: a module-level task is
         checked on its first enqueue, not on each (they cost as much as the insert's
-        Python side). ``task.using(...)`` makes a new object, checked anew; the memo is
+        Python side), and its priority, queue and ``run_after`` become checked
+        options once. ``task.using(...)`` makes a new object, checked anew; the memo is
         bounded, so such copies cannot make it grow without end."""
         settings = get_settings()
         use_tz = bool(django_settings.USE_TZ)
         seen = self._checked.get(id(task))
         if seen is not None and seen[0] is task and seen[1] is settings and seen[2] is use_tz:
-            return seen[3]
+            return seen[3], seen[4]
         self.validate_task(task)
         name = task_name(task)
         try:
@@ -175,26 +179,25 @@ class QTasksBackend(BaseTaskBackend):
                 f"{task.module_path} does not name this task: a Django task must be a "
                 "module-level Task with its function's name, so that the worker finds it."
             ) from None
+        try:
+            options = EnqueueOptions(
+                priority=int(task.priority), queue=task.queue_name, run_after=task.run_after
+            )
+        except InvalidTaskCall as exc:
+            raise InvalidTask(str(exc)) from None
         if len(self._checked) >= MAX_CHECKED:
             self._checked.clear()
-        self._checked[id(task)] = (task, settings, use_tz, name)
-        return name
+        self._checked[id(task)] = (task, settings, use_tz, name, options)
+        return name, options
 
     def build_spec(
         self, task: AnyDjangoTask, args: Sequence[Any], kwargs: dict[str, Any]
     ) -> TaskSpec:
         """Validate and build the row to store, without I/O (shared by sync and async)."""
-        name = self._checked_name(task)
+        name, options = self._check(task)
         json_args, json_kwargs = _json_arguments(args, kwargs)
         try:
-            spec = self.app.build_spec(
-                name,
-                json_args,
-                json_kwargs,
-                EnqueueOptions(
-                    priority=int(task.priority), queue=task.queue_name, run_after=task.run_after
-                ),
-            )
+            spec = self.app.build_spec(name, json_args, json_kwargs, options)
         except InvalidTaskCall as exc:
             raise InvalidTask(str(exc)) from None
         spec.tags.append(BACKEND_TAG + self.alias)  # a list built for this spec alone
@@ -205,7 +208,7 @@ class QTasksBackend(BaseTaskBackend):
     ) -> AnyTaskResult:
         """Store the task in the caller's transaction and return its ``TaskResult``."""
         stored = self.app.sync_add_spec(self.build_spec(task, args, kwargs))
-        result = to_task_result(stored, task, self.alias, as_given=True)
+        result = enqueued_result(stored, task, self.alias)
         django_signals.task_enqueued.send(type(self), task_result=result)
         return result
 
@@ -217,7 +220,7 @@ class QTasksBackend(BaseTaskBackend):
         ``task_enqueued`` is sent with ``asend``."""
         spec = self.build_spec(task, args, kwargs)
         stored = await sync_to_async(self.app.sync_add_spec, thread_sensitive=True)(spec)
-        result = to_task_result(stored, task, self.alias, as_given=True)
+        result = enqueued_result(stored, task, self.alias)
         await django_signals.task_enqueued.asend(type(self), task_result=result)
         return result
 

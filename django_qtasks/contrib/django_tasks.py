@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import django
 from django.apps import apps
 
-from django_qtasks.api.task import BaseTask, Outcome, Task, TaskOptions, is_async_callable
+from django_qtasks.api.task import BaseTask, TaskOptions, is_async_callable
 from django_qtasks.models import TaskStatus
+from django_qtasks.values import Outcome, Task
 from django_qtasks.worker.context import TaskSelf
 from django_qtasks.worker.executor import NotJSONResult
 
@@ -107,6 +108,7 @@ __all__ = [
     "TaskResultDoesNotExist",
     "TaskResultStatus",
     "django_signals",
+    "enqueued_result",
     "normalize_json",
     "resolve",
     "task_backends",
@@ -308,6 +310,40 @@ def to_task_result(
     )
     if task.status == TaskStatus.SUCCESS:
         object.__setattr__(result, "_return_value", task.returning)
+    return result
+
+
+# The fields of Django's TaskResult that enqueued_result() sets, in this order; when
+# the installed framework's TaskResult has other fields, it uses the constructor.
+_NEW_RESULT_FIELDS = (
+    "task", "id", "status", "enqueued_at", "started_at", "finished_at", "last_attempted_at",
+    "args", "kwargs", "backend", "errors", "worker_ids", "_return_value",
+)  # fmt: skip
+_NEW_RESULT_DIRECT = {f.name for f in dataclasses.fields(TaskResult)} == set(_NEW_RESULT_FIELDS)
+_NEW_RESULT_SETTERS: tuple[Callable[[Any, Any], None], ...] = (
+    tuple(vars(TaskResult)[name].__set__ for name in _NEW_RESULT_FIELDS)
+    if _NEW_RESULT_DIRECT and all(name in vars(TaskResult) for name in _NEW_RESULT_FIELDS)
+    else ()
+)
+
+
+def enqueued_result(task: Task, django_task: AnyDjangoTask, alias: str) -> AnyTaskResult:
+    """The ``TaskResult`` that ``enqueue()`` returns for the row it has just stored.
+
+    A new row's result is known without looking at it beyond its id and time, and its
+    arguments went through Django's ``normalize_json`` already (the backend's
+    ``build_spec``): Django's constructor would normalise both again, and that was
+    a tenth of what the backend adds to the INSERT. A row that is not plainly new
+    (run at once by ``MODE = "immediate"``) goes through :func:`to_task_result`."""
+    if not _NEW_RESULT_SETTERS or task.status != TaskStatus.NEW or task.attempt:
+        return to_task_result(task, django_task, alias, as_given=True)
+    result: AnyTaskResult = object.__new__(TaskResult)
+    values: tuple[Any, ...] = (
+        django_task, str(task.uuid), TaskResultStatus.READY, task.created_at, None, None,
+        None, task.args, task.kwargs, alias, [], [], None,
+    )  # fmt: skip
+    for set_field, value in zip(_NEW_RESULT_SETTERS, values, strict=True):
+        set_field(result, value)  # a slot's own setter: past the frozen __setattr__
     return result
 
 

@@ -21,7 +21,6 @@ from typing import Any
 from django.db import connections, transaction
 from django.utils import timezone
 
-from django_qtasks.api.task import Outcome, Task
 from django_qtasks.models import (
     TaskRecord,
     TaskStatus,
@@ -35,6 +34,7 @@ from django_qtasks.storage.rows import (
     claim_converters,
 )
 from django_qtasks.storage.table import TableStorage
+from django_qtasks.values import Outcome, Task
 
 logger = logging.getLogger("django_qtasks.storage")
 

@@ -19,13 +19,14 @@ from typing import Any, cast
 
 from django.db import models
 
-from django_qtasks.api.task import MAX_DEPTH, Task, TaskSpec, check_json
 from django_qtasks.exceptions import InvalidTaskCall
 from django_qtasks.models import (
     TaskRecord,
     TaskStatus,
     uuid7s,
 )
+from django_qtasks.storage.arguments import MAX_DEPTH, check_json
+from django_qtasks.values import Task, TaskSpec
 
 # What a new row's INSERT fills from the task (with its PostgreSQL type), then the
 # constants of every new task.

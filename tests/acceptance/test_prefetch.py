@@ -41,7 +41,9 @@ def holding_worker(
     ahead; returns it, its log, its worker id and the quick tasks' uuids."""
     log = tmp_path / "holder.log"
     proc = worker_processes.start("--concurrency", "1", *FAST, *args, log=log)
-    warmup = [app.add_task("tests.record", f"w{n}").uuid for n in range(20)]
+    # Pure warm-up tasks: their mean duration stays far under the claim-ahead horizon
+    # even on a loaded machine, so the claim below takes all five quick rows.
+    warmup = [app.add_task("tests.length", f"w{n}").uuid for n in range(20)]
     wait_until(
         lambda: TaskRecord.objects.filter(uuid__in=warmup, status="success").count() == 20,
         message=f"the warm-up tasks to finish\n{log_text(log)[-2000:]}",
