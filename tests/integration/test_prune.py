@@ -76,7 +76,9 @@ def test_only_old_finished_rows_of_the_chosen_statuses_go_in_batches():
 
     spy = DeleteSpy()
     with connection.execute_wrapper(spy):
-        result = prune(app.broker.storage, 7 * DAYS, statuses=["success", "error"], batch_size=10, now=NOW)
+        result = prune(
+            app.broker.storage, 7 * DAYS, statuses=["success", "error"], batch_size=10, now=NOW
+        )
 
     assert result.tasks == 50
     task_deletes = [s for s in spy.statements if TaskRecord._meta.db_table in s[0]]
