@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from django_qtasks import _moved
+from django_qtasks import _moved, values
 
 _moved.install()  # the old flat module paths, for one release
 
@@ -17,9 +17,10 @@ __version__ = "0.1.0.dev0"
 if TYPE_CHECKING:
     from django_qtasks.api.queue_tasks import AsyncQueueTasks, QueueTasks
     from django_qtasks.api.results import AsyncResult, SyncResult
-    from django_qtasks.api.task import AsyncTask, SyncTask, Task, TaskCls
+    from django_qtasks.api.task import AsyncTask, SyncTask, TaskCls
     from django_qtasks.api.workflows import Chain, Group, chain, group
     from django_qtasks.models import TaskStatus
+    from django_qtasks.values import Task
 
     app: QueueTasks
     async_app: AsyncQueueTasks
@@ -29,7 +30,7 @@ _LAZY = {
     "AsyncQueueTasks": "api.queue_tasks",
     "SyncTask": "api.task",
     "AsyncTask": "api.task",
-    "Task": "api.task",
+    "Task": "values",
     "TaskCls": "api.task",
     "SyncResult": "api.results",
     "AsyncResult": "api.results",
@@ -60,6 +61,16 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _project_app() -> QueueTasks:
+    app: QueueTasks = __getattr__("app")
+    return app
+
+
+# Task.cancel() and Task.refresh() go through the project's app; the snapshot sits below
+# the API, so it is told how to reach the app instead of importing this package.
+values.use_project_app(_project_app)
 
 
 def _require_installed() -> None:

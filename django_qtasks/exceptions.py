@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from django.core.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:
-    from django_qtasks.api.task import Task
+    from django_qtasks.values import Task
 
 
 class QTasksError(Exception):

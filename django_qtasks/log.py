@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from django_qtasks.api.task import Task
+    from django_qtasks.values import Task
 
 # The attributes every LogRecord has: anything else on a record came from ``extra``.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {

@@ -11,9 +11,7 @@ the caller's whole ``transaction.atomic()``. docs/tasks.md#limits lists the limi
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -23,18 +21,18 @@ from django.utils import timezone
 from django_qtasks.exceptions import InvalidTaskCall
 from django_qtasks.settings import PRIORITY_MAX, PRIORITY_MIN, QUEUE_NAME_RE
 
+# What an argument may be is Storage's rule; here too, their old import path.
+from django_qtasks.storage.arguments import MAX_DEPTH as MAX_DEPTH
+from django_qtasks.storage.arguments import check_json as check_json
+from django_qtasks.storage.arguments import check_text
+from django_qtasks.storage.arguments import check_value as check_value
+
 if TYPE_CHECKING:
     from django_qtasks.api.task import TaskOptions
     from django_qtasks.settings import QTasksSettings
 
 RunAfter = dt.datetime | dt.timedelta | int | float | None
 
-# The deepest nesting of lists and dicts an argument may have. Decoding a row costs
-# stack in proportion to it, and a worker must always be able to decode what it claims.
-# 31: MariaDB's JSON check (JSON_VALID) refuses a document nested over 31 levels, and an
-# argument sits one level down in the args array (or the kwargs object). One limit on
-# every database, so a project can move between them.
-MAX_DEPTH = 30
 # task_name, unique_key and concurrency_key are VARCHAR(255) columns.
 MAX_KEY_LENGTH = 255
 # run_after in seconds (or a timedelta) may be at most this far from now, either way.
@@ -72,7 +70,7 @@ def validate_key(field: str, value: Any) -> str:
             f"{field} must be at most {MAX_KEY_LENGTH} characters, got {len(value):,}: "
             f"{value[:40]!r}..."
         )
-    _check_text(field, value)
+    check_text(field, value)
     return value
 
 
@@ -216,103 +214,3 @@ def check_call_shape(args: Any, kwargs: Any) -> tuple[list[Any], dict[str, Any]]
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-# One encoder for every call: json.dumps(..., allow_nan=False) builds a new one each time.
-# ensure_ascii (the default) makes a NUL or a surrogate visible as an escape in the text.
-_encode_json = json.JSONEncoder(allow_nan=False).encode
-# An escape no database stores: NUL (PostgreSQL's jsonb and text refuse it) or a
-# surrogate (paired ones are how ensure_ascii writes characters beyond U+FFFF, so those
-# are checked exactly on the values). Preceded by an even number of backslashes, so an
-# escaped backslash followed by "u0000" is not one.
-_SUSPECT_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u(?:0000|[dD][89a-fA-F])")
-
-
-def check_json(
-    args: Sequence[Any], kwargs: dict[str, Any], max_bytes: int | None
-) -> tuple[str, str]:
-    """Encode the arguments as the JSON that will be stored (once: the enqueue path is
-    hot), failing before anything is stored if an argument would not survive JSON or
-    the databases (the error names it), nests deeper than :data:`MAX_DEPTH`, or if
-    they are too big to belong in a queue row."""
-    try:
-        # Empty ones are common (most calls have no keyword arguments): no encoder.
-        encoded = (
-            _encode_json(list(args)) if args else "[]",
-            _encode_json(kwargs) if kwargs else "{}",
-        )
-    except (TypeError, ValueError, RecursionError):
-        _raise_for_bad_argument(args, kwargs)
-        raise
-    size = len(encoded[0]) + len(encoded[1])
-    if max_bytes is not None and size > max_bytes:
-        raise InvalidTaskCall(
-            f"The task's arguments take {size:,} bytes as JSON, more than "
-            f"QTASKS['MAX_ARGS_SIZE'] ({max_bytes:,}). Store large data elsewhere (a file, "
-            "a model) and pass its id."
-        )
-    # Cheap tests on the text first (enqueueing is a hot path): nesting past the limit
-    # needs that many brackets, and a refused string an escape.
-    deep = size > MAX_DEPTH and sum(text.count(c) for text in encoded for c in "[{") > MAX_DEPTH
-    args_text, kwargs_text = encoded
-    if (
-        deep
-        or ("\\u" in args_text and _SUSPECT_ESCAPE.search(args_text))
-        or ("\\u" in kwargs_text and _SUSPECT_ESCAPE.search(kwargs_text))
-    ):
-        for label, value in _labelled(args, kwargs):
-            check_value(label, value)
-    return encoded
-
-
-def check_value(label: str, value: Any, max_depth: int = MAX_DEPTH) -> None:
-    """Raise :class:`InvalidTaskCall` naming ``label`` if ``value`` (decoded JSON)
-    nests deeper than ``max_depth`` or holds a string with NUL or a lone surrogate.
-    Iterative, so that any depth is examined without recursion."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            _check_text(label, item)
-        elif isinstance(item, (list, tuple, dict)):
-            if depth >= max_depth:
-                raise InvalidTaskCall(
-                    f"{label} nests lists or dicts more than {max_depth} deep: "
-                    "a task's arguments must be flatter."
-                )
-            if isinstance(item, dict):
-                stack.extend((key, depth) for key in item)
-                stack.extend((child, depth + 1) for child in item.values())
-            else:
-                stack.extend((child, depth + 1) for child in item)
-
-
-def _check_text(label: str, text: str) -> None:
-    if "\x00" in text:
-        raise InvalidTaskCall(f"{label} holds a NUL character, which the database cannot store.")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidTaskCall(
-            f"{label} holds a lone surrogate (not valid Unicode), which the database cannot store."
-        ) from None
-
-
-def _labelled(args: Sequence[Any], kwargs: dict[str, Any]) -> list[tuple[str, Any]]:
-    labelled = [(f"positional argument {i}", value) for i, value in enumerate(args)]
-    labelled += [(f"argument {name!r}", value) for name, value in kwargs.items()]
-    return labelled
-
-
-def _raise_for_bad_argument(args: Sequence[Any], kwargs: dict[str, Any]) -> None:
-    """Find which argument cannot be encoded, and say so."""
-    for label, value in _labelled(args, kwargs):
-        check_value(label, value)  # too deep for the encoder: say so, not RecursionError
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"{label} ({type(value).__name__}) is not JSON-serializable: {exc}. "
-                "Task arguments are stored as JSON: pass ids, strings, numbers, lists and "
-                "dicts."
-            ) from None

@@ -25,6 +25,8 @@ from django.db import connections
 from django.utils.module_loading import import_string
 
 from django_qtasks import signals
+from django_qtasks.api.concurrency import check_options as check_concurrency_options
+from django_qtasks.api.concurrency import resolve_group
 from django_qtasks.api.options import (
     NO_OPTIONS,
     EnqueueOptions,
@@ -38,15 +40,7 @@ from django_qtasks.api.options import (
     validate_queue,
     validate_timeout,
 )
-from django_qtasks.api.task import (
-    AsyncTask,
-    BaseTask,
-    SyncTask,
-    Task,
-    TaskCls,
-    TaskOptions,
-    TaskSpec,
-)
+from django_qtasks.api.task import AsyncTask, BaseTask, SyncTask, TaskCls, TaskOptions
 from django_qtasks.broker.broker import BaseBroker, build_broker
 from django_qtasks.cron import CronError, validate_cron, validate_tz
 from django_qtasks.exceptions import (
@@ -58,8 +52,7 @@ from django_qtasks.exceptions import (
     WouldDeadlock,
 )
 from django_qtasks.settings import QTasksSettings, get_settings
-from django_qtasks.storage.concurrency import check_options as check_concurrency_options
-from django_qtasks.storage.concurrency import resolve_group
+from django_qtasks.values import Task, TaskSpec
 from django_qtasks.worker.executor import resolve_middlewares
 
 if TYPE_CHECKING:

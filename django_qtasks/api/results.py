@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from django_qtasks.api.queue_tasks import BaseQueueTasks
-    from django_qtasks.api.task import Task
+    from django_qtasks.values import Task
 
 
 def _default_app() -> BaseQueueTasks:

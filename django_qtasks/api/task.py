@@ -1,4 +1,4 @@
-"""The decorated task objects, the pending call, and the ``Task`` snapshot.
+"""The decorated task objects and the pending call.
 
 ``SyncTask``/``AsyncTask`` are what ``@app.task`` returns: they hold the function
 and its options and build what ``add_task()`` stores. Calling one does not run it;
@@ -7,13 +7,11 @@ it gives a :class:`TaskCls` (a pending call) whose ``add_task()`` enqueues it.
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
-from uuid import UUID
 
 # Their old import path: the checks live with EnqueueOptions now.
 from django_qtasks.api.options import MAX_DEPTH as MAX_DEPTH
@@ -25,93 +23,15 @@ from django_qtasks.api.options import enqueue_options
 from django_qtasks.api.options import resolve_run_after as resolve_run_after
 from django_qtasks.api.options import validate_priority as validate_priority
 from django_qtasks.api.options import validate_queue as validate_queue
-from django_qtasks.models import FINISHED_STATUSES, TaskRecord
+
+# The values every layer passes (docs/architecture.md#the-map): their old import path.
+from django_qtasks.values import Outcome as Outcome
+from django_qtasks.values import Task as Task
+from django_qtasks.values import TaskSpec as TaskSpec
 
 if TYPE_CHECKING:
     from django_qtasks.api.queue_tasks import AsyncQueueTasks, BaseQueueTasks, QueueTasks  # noqa: F401
     from django_qtasks.worker.executor import BaseTaskExecutor
-
-
-@dataclass(frozen=True)
-class Task:
-    """A read-only snapshot of one task row, as ``add_task()``/``get()`` return it."""
-
-    uuid: UUID
-    task_name: str
-    status: str
-    priority: int
-    queue: str
-    args: list[Any]
-    kwargs: dict[str, Any]
-    returning: Any
-    traceback: str
-    errors: list[dict[str, Any]]
-    attempt: int
-    max_retries: int
-    run_after: dt.datetime
-    created_at: dt.datetime
-    updated_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-    worker_id: str
-    unique_key: str | None
-    cancel_requested: bool
-    progress: dict[str, Any] | None
-    tags: list[str]
-    # Chains and groups: see TaskRecord and docs/workflows.md. A finished task with a
-    # ``flow_id`` may release (or cancel) the next stage of its flow.
-    flow_id: UUID | None = None
-    flow_stage: int | None = None
-    flow_index: int | None = None
-    # Concurrency limits (docs/concurrency-limits.md): the task's group within its task
-    # name ("" for the whole task) and how many of the group may run at once.
-    concurrency_key: str | None = None
-    max_concurrency: int | None = None
-
-    @classmethod
-    def from_record(cls, record: TaskRecord) -> Task:
-        values = {name: getattr(record, name) for name in _SNAPSHOT_FIELDS}
-        values["status"] = str(values["status"])  # a plain string, however the row was made
-        return cls.from_fields(values)
-
-    @classmethod
-    def from_fields(cls, values: dict[str, Any]) -> Task:
-        """A snapshot from a mapping that names every field once, as the claim and the
-        bulk enqueue build it per row. It skips the generated ``__init__``: a frozen
-        dataclass sets each of its fields through ``object.__setattr__``, which cost
-        more than the rest of turning a claimed row into a snapshot."""
-        if values.keys() != _FIELD_SET:
-            raise TypeError(f"Task fields missing or unknown: {values.keys() ^ _FIELD_SET}")
-        task = object.__new__(cls)
-        task.__dict__.update(values)
-        return task
-
-    @property
-    def is_finished(self) -> bool:
-        """True once the status is final: ``success``, ``error`` or ``cancel``."""
-        return self.status in FINISHED_STATUSES
-
-    def cancel(self, reason: str = "") -> Task | None:
-        """Cancel this task through the project's app (see ``QueueTasks.cancel``)."""
-        from django_qtasks import app
-
-        return app.cancel(self.uuid, reason)
-
-    def refresh(self) -> Task | None:
-        """A fresh snapshot of this task (``None`` if the row is gone)."""
-        from django_qtasks import app
-
-        return app.get(self.uuid)
-
-    @property
-    def duration(self) -> dt.timedelta | None:
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return self.finished_at - self.started_at
-
-
-_SNAPSHOT_FIELDS = tuple(Task.__dataclass_fields__)
-_FIELD_SET = frozenset(_SNAPSHOT_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -140,33 +60,6 @@ class TaskOptions:
     # one), at most this many per key. See docs/concurrency-limits.md.
     max_concurrency: int | None = None
     concurrency_key: str | Callable[..., str] | None = None
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """Everything needed to store one new task; built by pure functions, no I/O."""
-
-    task_name: str
-    args: list[Any]
-    kwargs: dict[str, Any]
-    queue: str
-    priority: int
-    run_after: dt.datetime | None
-    max_retries: int
-    unique_key: str | None = None
-    tags: list[str] = field(default_factory=list)
-    # ``args`` and ``kwargs`` as the JSON text to store, when the builder has encoded
-    # them already (it must, to validate them): Storage writes it as it is.
-    encoded: tuple[str, str] | None = None
-    # Its place in a chain or group (see django_qtasks.workflows); a ``blocked`` task
-    # waits for the stage before it instead of being ready at once.
-    flow_id: UUID | None = None
-    flow_stage: int | None = None
-    flow_index: int | None = None
-    blocked: bool = False
-    # The concurrency group ("" for the whole task) and its limit; both None: no limit.
-    concurrency_key: str | None = None
-    max_concurrency: int | None = None
 
 
 def is_async_callable(func: Callable[..., Any]) -> bool:
@@ -299,25 +192,3 @@ class TaskCls:
         options = enqueue_options(priority, queue, run_after, unique_key, concurrency_key, timeout)
         spec = self.task.build_spec(self.args, self.kwargs, options)
         return self.task.app.add_spec(spec, timeout=timeout)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one attempt ended, as the TaskExecutor reports it to the Worker.
-
-    ``status`` is ``success``, ``error``, ``retry`` or ``cancel``; ``error`` is the
-    JSON summary of the exception (type and message) and ``run_after`` the time of
-    the next attempt for ``retry``.
-    """
-
-    status: str
-    returning: Any = None
-    error: dict[str, Any] | None = None
-    traceback: str = ""
-    run_after: dt.datetime | None = None
-    # ``returning`` as the JSON text to store, when the executor encoded it already.
-    returning_json: str | None = None
-    # The run was lost to the worker, not failed by the task (the database cut the
-    # worker's connection): it goes back to the queue as a rescue, its attempt unspent,
-    # at ``run_after``; ``error`` says what happened.
-    lost: bool = False

@@ -25,9 +25,10 @@ from asgiref.sync import sync_to_async
 
 from django_qtasks import signals
 from django_qtasks.api.options import EnqueueOptions, RunAfter
-from django_qtasks.api.task import Task, TaskCls
+from django_qtasks.api.task import TaskCls
 from django_qtasks.exceptions import FlowFailed
 from django_qtasks.models import TaskStatus, uuid7
+from django_qtasks.values import Task
 
 if TYPE_CHECKING:
     from django_qtasks.api.queue_tasks import BaseQueueTasks

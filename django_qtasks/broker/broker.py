@@ -16,7 +16,6 @@ from typing import Any
 
 from django.utils import timezone
 
-from django_qtasks.api.task import Outcome, Task, TaskSpec
 from django_qtasks.broker.listener import Listener
 from django_qtasks.global_config.counters import retire_orphans
 from django_qtasks.global_config.global_config import BaseGlobalConfig
@@ -26,6 +25,7 @@ from django_qtasks.settings import QTasksSettings, import_component
 from django_qtasks.signals import component_started, component_stopped
 from django_qtasks.storage.cursors import session_state_wanted
 from django_qtasks.storage.interface import QUEUES, WORKERS, BaseStorage, LastRun
+from django_qtasks.values import Outcome, Task, TaskSpec
 
 
 def build_broker(settings: QTasksSettings) -> BaseBroker:

@@ -29,6 +29,9 @@ class Listener:
         self.alias = alias
         self._conn: Any = None
         self._broken_until = 0.0
+        # Once LISTEN has worked, a failure is the database's outage, which the worker
+        # logs once: these lines stay quiet then (a warning every RETRY_AFTER otherwise).
+        self._listened = False
 
     def _connect(self) -> Any:
         import psycopg
@@ -53,9 +56,14 @@ class Listener:
             try:
                 self._conn = self._connect()
             except psycopg.Error:
-                logger.warning("LISTEN failed; polling instead for now", exc_info=True)
+                logger.log(
+                    logging.DEBUG if self._listened else logging.WARNING,
+                    "LISTEN failed; polling instead for now",
+                    exc_info=True,
+                )
                 self._broken_until = now + RETRY_AFTER
                 return None
+            self._listened = True
             # A task enqueued before LISTEN took effect sent its NOTIFY to nobody: have
             # the caller claim once more now that nothing can slip through.
             return True
@@ -64,8 +72,10 @@ class Listener:
                 if queues is None or not queues or set(note.payload.split(",")) & set(queues):
                     return True
             return False
-        except psycopg.Error:
-            logger.warning("The LISTEN connection broke; polling until it is back", exc_info=True)
+        except psycopg.Error as exc:
+            cause = str(exc).strip().split("\n", 1)[0]
+            logger.info("The LISTEN connection broke (%s); polling until it is back", cause)
+            logger.debug("The LISTEN connection broke", exc_info=True)
             self.close()
             self._broken_until = time.monotonic() + RETRY_AFTER
             return None

@@ -26,7 +26,6 @@ from django.utils import timezone
 
 from django_qtasks import signals
 from django_qtasks.api.options import EnqueueOptions, check_json, validate_queue
-from django_qtasks.api.task import Outcome, Task, TaskSpec
 from django_qtasks.contrib.django_tasks import (
     BACKEND_TAG,
     PREFIX,
@@ -50,6 +49,7 @@ from django_qtasks.contrib.django_tasks import (
 )
 from django_qtasks.exceptions import ConfigurationError, InvalidTaskCall, TaskNotRegistered
 from django_qtasks.settings import QUEUE_NAME_RE, get_settings
+from django_qtasks.values import Outcome, Task, TaskSpec
 
 if TYPE_CHECKING:
     from django_qtasks.api.queue_tasks import QueueTasks

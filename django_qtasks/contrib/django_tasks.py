@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import django
 from django.apps import apps
 
-from django_qtasks.api.task import BaseTask, Outcome, Task, TaskOptions, is_async_callable
+from django_qtasks.api.task import BaseTask, TaskOptions, is_async_callable
 from django_qtasks.models import TaskStatus
+from django_qtasks.values import Outcome, Task
 from django_qtasks.worker.context import TaskSelf
 from django_qtasks.worker.executor import NotJSONResult
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from django_qtasks.api.task import Task
     from django_qtasks.contrib.testing import EnqueuedTasks
+    from django_qtasks.values import Task
 
 
 def _require_db(request: pytest.FixtureRequest) -> None:

@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings as django_settings
 from django.test.utils import override_settings
 
-from django_qtasks.api.task import BaseTask, Task
+from django_qtasks.api.task import BaseTask
 from django_qtasks.exceptions import QTasksError, TaskNotFound
 from django_qtasks.storage import reads
+from django_qtasks.values import Task
 from django_qtasks.worker.inline import InlineWorker
 
 if TYPE_CHECKING:

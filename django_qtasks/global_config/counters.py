@@ -29,9 +29,9 @@ import threading
 from collections.abc import Collection, Iterable
 from typing import Any
 
-from django_qtasks.api.task import Task
 from django_qtasks.global_config.global_config import BaseGlobalConfig
 from django_qtasks.global_config.shapes import counters_fault
+from django_qtasks.values import Task
 
 METRICS = "metrics"  # the GlobalConfig name; one entry per worker id, plus RETIRED
 RETIRED = "retired"  # the totals of workers that are gone

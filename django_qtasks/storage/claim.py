@@ -21,7 +21,6 @@ from typing import Any
 from django.db import connections, transaction
 from django.utils import timezone
 
-from django_qtasks.api.task import Outcome, Task
 from django_qtasks.models import (
     TaskRecord,
     TaskStatus,
@@ -29,6 +28,7 @@ from django_qtasks.models import (
 from django_qtasks.storage.concurrency import LOCK_CLASS, lock_key
 from django_qtasks.storage.rows import _CLAIM_COLUMNS, BadRow, _snapshot_from_pg_row
 from django_qtasks.storage.table import TableStorage
+from django_qtasks.values import Outcome, Task
 
 logger = logging.getLogger("django_qtasks.storage")
 

@@ -1,103 +1,19 @@
-"""Concurrency limits: which group a task belongs to, and how its limit is checked.
+"""Concurrency limits, as the claim enforces them: the lock a group's check takes.
 
-``@app.task(max_concurrency=n)`` lets at most ``n`` tasks of that name run at once, on
-all workers together; with ``concurrency_key`` (a string, or a function of the task's
-arguments), at most ``n`` per key. The group and the limit are stored on each row when
-the task is enqueued, so any worker enforces them without the task registry.
-
-This module is pure (no I/O): the options' validation, the group of a new task, and
-the number a PostgreSQL advisory lock is taken on. The claim and its check are in
-:meth:`django_qtasks.storage.DjangoStorage.claim`, with the rest of the queue's SQL.
+The group and the limit are stored on each row when the task is enqueued (the API
+works them out: ``django_qtasks.api.concurrency``), so any worker enforces them without
+the task registry. The claim and its check are in
+:meth:`django_qtasks.storage.DjangoStorage.claim`, with the rest of the queue's SQL;
+this module is the number a PostgreSQL advisory lock (or a MariaDB named lock) is taken on.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
 
-from django_qtasks.exceptions import InvalidTaskCall, TaskRegistrationError
-
-if TYPE_CHECKING:
-    from django_qtasks.api.task import TaskOptions
-
-KEY_MAX_LENGTH = 255  # TaskRecord.concurrency_key
 # The first half of the two-number advisory lock: the second is a group's hash. A
 # two-number lock never collides with an application's one-number (bigint) locks.
 LOCK_CLASS = 0x71745143  # "qtQC"
-
-
-def check_options(name: str, values: dict[str, Any]) -> None:
-    """Validate ``max_concurrency=`` and ``concurrency_key=`` of ``@app.task``, at
-    import time, naming the task."""
-    limit = values.get("max_concurrency")
-    key = values.get("concurrency_key")
-    if limit is None:
-        if key is not None:
-            raise TaskRegistrationError(
-                f"concurrency_key needs max_concurrency (how many may run at once) ({name})."
-            )
-        return
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise TaskRegistrationError(
-            f"max_concurrency must be an integer >= 1, got {limit!r} ({name})."
-        )
-    if key is not None and not callable(key):
-        check_key(key, f"concurrency_key of task {name!r}", error=TaskRegistrationError)
-
-
-def check_key(key: Any, what: str, *, error: type[Exception] = InvalidTaskCall) -> str:
-    if not isinstance(key, str) or not key or len(key) > KEY_MAX_LENGTH:
-        raise error(
-            f"{what} must be a non-empty string of at most {KEY_MAX_LENGTH} characters, "
-            f"got {key!r}."
-        )
-    return key
-
-
-def resolve_group(
-    options: TaskOptions | None,
-    args: Sequence[Any],
-    kwargs: dict[str, Any],
-    override: str | None,
-) -> tuple[str | None, int | None]:
-    """The ``(concurrency_key, max_concurrency)`` to store for a new task: ``(None,
-    None)`` without a limit; the key is "" when the whole task is one group.
-
-    ``override`` (``add_task(concurrency_key=...)``) wins over the task's option; a
-    function option is called with the task's arguments, as the task will be."""
-    limit = options.max_concurrency if options is not None else None
-    if limit is None:
-        if override is not None:
-            raise InvalidTaskCall(
-                "concurrency_key= needs a task registered with max_concurrency "
-                f"(got concurrency_key={override!r})."
-            )
-        return None, None
-    assert options is not None
-    if override is not None:
-        return check_key(override, "concurrency_key"), limit
-    option = options.concurrency_key
-    if option is None:
-        return "", limit
-    if isinstance(option, str):
-        return option, limit
-    key = _call_key_function(option, options.name, args, kwargs)
-    what = f"The key returned by the concurrency_key function of task {options.name!r}"
-    return check_key(key, what), limit
-
-
-def _call_key_function(
-    function: Callable[..., Any], name: str, args: Sequence[Any], kwargs: dict[str, Any]
-) -> Any:
-    try:
-        return function(*args, **kwargs)
-    except Exception as exc:
-        raise InvalidTaskCall(
-            f"The concurrency_key function of task {name!r} failed for this call "
-            f"({type(exc).__name__}: {exc}). It receives the task's arguments: "
-            "def key(account_id, **kwargs): ..."
-        ) from exc
 
 
 def lock_key(task_name: str, concurrency_key: str) -> int:

@@ -13,7 +13,6 @@ from typing import Any
 from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
-from django_qtasks.api.task import Task, TaskSpec
 from django_qtasks.models import (
     ACTIVE_STATUSES,
     TaskRecord,
@@ -32,6 +31,7 @@ from django_qtasks.storage.rows import (
     pg_insert_one,
 )
 from django_qtasks.storage.table import TableStorage
+from django_qtasks.values import Task, TaskSpec
 
 
 class EnqueueMixin(TableStorage):

@@ -18,7 +18,6 @@ from typing import Any
 from django.db import connections, transaction
 from django.utils import timezone
 
-from django_qtasks.api.task import Outcome, Task
 from django_qtasks.models import (
     TaskRecord,
     TaskStatus,
@@ -26,6 +25,7 @@ from django_qtasks.models import (
 from django_qtasks.storage.cursors import server_bound_cursor
 from django_qtasks.storage.flows import FlowMixin
 from django_qtasks.storage.table import _errors_plus, _json_param
+from django_qtasks.values import Outcome, Task
 
 logger = logging.getLogger("django_qtasks.storage")
 

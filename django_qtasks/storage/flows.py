@@ -15,7 +15,6 @@ from typing import Any
 from django.db import connections, transaction
 from django.utils import timezone
 
-from django_qtasks.api.task import Outcome, Task, TaskSpec
 from django_qtasks.models import (
     TaskRecord,
     TaskStatus,
@@ -24,6 +23,7 @@ from django_qtasks.storage.enqueue import EnqueueMixin
 from django_qtasks.storage.interface import CHANNEL
 from django_qtasks.storage.rows import _as_uuid
 from django_qtasks.storage.table import _NOW, CANCELLED, _json_append, _json_param
+from django_qtasks.values import Outcome, Task, TaskSpec
 
 
 class FlowMixin(EnqueueMixin):

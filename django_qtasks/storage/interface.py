@@ -16,13 +16,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django_qtasks.api.task import Outcome, Task, TaskSpec
 from django_qtasks.global_config.global_config import BaseGlobalConfig
 from django_qtasks.models import (
     FINISHED_STATUSES,
 )
 from django_qtasks.settings import QTasksSettings
 from django_qtasks.signals import component_started, component_stopped
+from django_qtasks.values import Outcome, Task, TaskSpec
 
 WORKERS = "workers"  # the GlobalConfig name under which workers keep their heartbeats
 QUEUES = "queues"  # ... and under which paused queues are flagged

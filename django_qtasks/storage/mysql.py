@@ -35,7 +35,6 @@ from typing import Any, TypeVar
 from django.db import DatabaseError, IntegrityError, OperationalError, connections, transaction
 from django.utils import timezone
 
-from django_qtasks.api.task import Task
 from django_qtasks.exceptions import ConfigurationError
 from django_qtasks.models import TaskRecord, TaskStatus
 from django_qtasks.storage.claim import _claim_order
@@ -44,6 +43,7 @@ from django_qtasks.storage.db import DEADLOCK, is_lock_conflict, mysql_error_cod
 from django_qtasks.storage.django_storage import DjangoStorage
 from django_qtasks.storage.rows import _as_uuid
 from django_qtasks.storage.table import Message
+from django_qtasks.values import Task
 
 logger = logging.getLogger("django_qtasks.storage")
 
@@ -257,9 +257,7 @@ class MySQLStorage(DjangoStorage):
             if not uuids:
                 return []
             marks = ", ".join(["%s"] * len(uuids))
-            cursor.execute(
-                f"UPDATE {table} SET {sets} WHERE uuid IN ({marks})", [*params, *uuids]
-            )
+            cursor.execute(f"UPDATE {table} SET {sets} WHERE uuid IN ({marks})", [*params, *uuids])
             cursor.execute(f"SELECT uuid, status FROM {table} WHERE uuid IN ({marks})", uuids)
             return [(_as_uuid(uuid), status) for uuid, status in cursor.fetchall()]
 

@@ -19,7 +19,6 @@ from django.db.models import F
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from django_qtasks.api.task import Task
 from django_qtasks.exceptions import TaskConflict
 from django_qtasks.models import (
     ConfigEntry,
@@ -30,6 +29,7 @@ from django_qtasks.storage.flows import FlowMixin
 from django_qtasks.storage.interface import WORKERS
 from django_qtasks.storage.rows import _as_uuid
 from django_qtasks.storage.table import _NOW, CANCELLED, WORKER_LOST
+from django_qtasks.values import Task
 
 logger = logging.getLogger("django_qtasks.storage")
 # Seconds over which the tasks rescued together are spread (see RescueMixin._spread).
@@ -88,24 +88,32 @@ class RescueMixin(FlowMixin):
             task.worker_id,
             TaskRecord._meta.pk.get_db_prep_value(task.uuid, connection),
         ]
-        changed = self._rescue_where(where, params, why, delay=delay)
+        # INFO: the worker logs the outage that cut the connection once, at WARNING; a
+        # restart would otherwise add a warning per running task to that one.
+        changed = self._rescue_where(where, params, why, delay=delay, level=logging.INFO)
         return changed[0][1] if changed else None
 
     def _rescue_where(
-        self, where: str, where_params: list[Any], why: str, *, delay: float = 0.0
+        self,
+        where: str,
+        where_params: list[Any],
+        why: str,
+        *,
+        delay: float = 0.0,
+        level: int = logging.WARNING,
     ) -> list[tuple[uuid_lib.UUID, str]]:
         """Send the rows of ``where`` back to waiting, their attempt unspent and their
         ``rescues`` counted, due in ``delay`` seconds; a row already rescued
         ``MAX_RESCUES`` times ends ``error`` instead (a task that keeps killing its
-        worker must stop). One statement: safe to run from many workers at once."""
+        worker must stop). One statement: safe to run from many workers at once.
+        ``level`` is the level of each rescued task's line (a task lost for good is
+        always an ERROR)."""
         connection = connections[self.alias]
         allowance = self.settings.max_rescues
         spent = "rescues >= %s"
         rescued = f"Task lost: {why}. Rescued: back to the queue without spending an attempt."
         final = lost_for_good(why, allowance)
-        due = connection.ops.adapt_datetimefield_value(
-            timezone.now() + dt.timedelta(seconds=delay)
-        )
+        due = connection.ops.adapt_datetimefield_value(timezone.now() + dt.timedelta(seconds=delay))
         message = (f"CASE WHEN {spent} THEN %s ELSE %s END", [allowance, final, rescued])
         # Every expression reads ``rescues`` before its increment (MariaDB evaluates a
         # SET list left to right): the increment comes last.
@@ -137,7 +145,8 @@ class RescueMixin(FlowMixin):
                     extra={"action": "lost_for_good", "task_uuid": str(uuid), "status": status},
                 )
             else:
-                logger.warning(
+                logger.log(
+                    level,
                     "Task %s rescued: %s; back to the queue without spending an attempt",
                     uuid,
                     why,
@@ -239,7 +248,6 @@ class RescueMixin(FlowMixin):
             .filter(worker_id=worker_id, status=TaskStatus.PROCESS, cancel_requested=True)
             .values_list("uuid", flat=True)
         )
-
 
     def requeue(self, uuid: uuid_lib.UUID | str) -> Task | None:
         try:

@@ -17,13 +17,14 @@ import uuid as uuid_lib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from django_qtasks.api.task import MAX_DEPTH, Task, TaskSpec, check_json, check_value
 from django_qtasks.exceptions import InvalidTaskCall
 from django_qtasks.models import (
     TaskRecord,
     TaskStatus,
     uuid7s,
 )
+from django_qtasks.storage.arguments import MAX_DEPTH, check_json, check_value
+from django_qtasks.values import Task, TaskSpec
 
 # What a new row's INSERT fills from the task (with its PostgreSQL type), then the
 # constants of every new task.

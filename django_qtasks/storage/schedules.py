@@ -14,12 +14,12 @@ from django.db import connections, transaction
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
-from django_qtasks.api.task import Task, TaskSpec
 from django_qtasks.models import (
     ScheduleRun,
 )
 from django_qtasks.storage.enqueue import EnqueueMixin
 from django_qtasks.storage.interface import LastRun
+from django_qtasks.values import Task, TaskSpec
 
 
 class ScheduleMixin(EnqueueMixin):

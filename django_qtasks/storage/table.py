@@ -15,13 +15,13 @@ from typing import Any
 from django.db import connections
 from django.utils import timezone
 
-from django_qtasks.api.task import Task
 from django_qtasks.exceptions import ConfigurationError
 from django_qtasks.models import (
     TaskRecord,
 )
 from django_qtasks.storage.interface import BaseStorage
 from django_qtasks.storage.rows import _as_uuid
+from django_qtasks.values import Task
 
 SUPPORTED_VENDORS = ("postgresql", "mysql", "sqlite")
 

@@ -16,8 +16,8 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 if TYPE_CHECKING:
-    from django_qtasks.api.task import Task
     from django_qtasks.broker.broker import BaseBroker
+    from django_qtasks.values import Task
     from django_qtasks.worker.dbretry import DatabaseRetry
     from django_qtasks.worker.slots import Slots
 
@@ -79,6 +79,7 @@ class ClaimLoop:
                     self._reclaim_orphans()
                 claimed = broker.claim(self.worker_id, self.queues, free, exclude=self.paused)
                 failures = 0
+                self.retry.reached()
             except DatabaseError:
                 failures += 1
                 self.retry.after_failed_claim(failures, stop)
@@ -115,7 +116,7 @@ class ClaimLoop:
         try:
             due = self.broker.next_run_after(self.queues, self.paused)
         except DatabaseError:
-            self.retry.reset()
+            self.retry.failed("Reading when the next task is due failed", action="next_due_failed")
             return self.poll_interval
         if due is None:
             return self.poll_interval
@@ -134,8 +135,9 @@ class ClaimLoop:
         try:
             self.broker.release(self.worker_id, [task.uuid for task in tasks])
         except DatabaseError:
-            logger.warning("Could not hand back %d claimed task(s)", len(tasks), exc_info=True)
-            self.retry.reset()
+            self.retry.failed(
+                "Could not hand back %d claimed task(s)", len(tasks), action="hand_back_failed"
+            )
             self.slots.put_back(tasks)
             return
         logger.debug(

@@ -18,14 +18,14 @@ from django.db import DatabaseError, connections
 from django.utils import timezone
 
 from django_qtasks import signals
-from django_qtasks.api.task import Outcome
 from django_qtasks.log import task_fields
 from django_qtasks.models import TaskStatus
+from django_qtasks.values import Outcome
 
 if TYPE_CHECKING:
-    from django_qtasks.api.task import Task
     from django_qtasks.broker.broker import BaseBroker
     from django_qtasks.global_config.counters import TaskCounters
+    from django_qtasks.values import Task
     from django_qtasks.worker.dbretry import DatabaseRetry
     from django_qtasks.worker.slots import Slots
 
@@ -175,13 +175,13 @@ class Completer:
             if not done.outcome.lost:
                 stored.append(next(finished))
                 continue
-            why = f"the database cut its worker's connection ({_exception_text(done.outcome)})"
+            why = f"the database cut its worker's connection ({exception_text(done.outcome)})"
             delay = _seconds_until(done.outcome.run_after)
             stored.append(broker.rescue_run(done.task, why, delay=delay) is not None)
         return stored
 
 
-def _exception_text(outcome: Outcome, limit: int = 200) -> str:
+def exception_text(outcome: Outcome, limit: int = 200) -> str:
     """``Type: message`` of a failed attempt, on one line: a log line or a history
     entry names the cause (psycopg's messages span lines, a user's may be long)."""
     error = outcome.error or {}
@@ -203,7 +203,7 @@ def _finished_line(done: Done) -> tuple[Any, ...]:
         return "Task %s %s: %s in %.3f s", task.task_name, task.uuid, outcome.status, done.duration
     head = "Task %s %s: attempt %d of %d failed after %.3f s (%s)"
     args = (task.task_name, task.uuid, task.attempt, task.max_retries + 1, done.duration,
-            _exception_text(outcome))  # fmt: skip
+            exception_text(outcome))  # fmt: skip
     if outcome.status == TaskStatus.ERROR:
         return (head + "; it ends in error", *args)
     return (head + "; next try in %.1f s", *args, _seconds_until(outcome.run_after))

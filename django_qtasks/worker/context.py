@@ -17,7 +17,8 @@ from django_qtasks.log import task_fields
 
 if TYPE_CHECKING:
     from django_qtasks.api.queue_tasks import BaseQueueTasks
-    from django_qtasks.api.task import BaseTask, Task
+    from django_qtasks.api.task import BaseTask
+    from django_qtasks.values import Task
     from django_qtasks.worker.timelimit import Timekeeper
 
 

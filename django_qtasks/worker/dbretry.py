@@ -1,21 +1,29 @@
-"""Riding out a database that went away, for the worker's claim loop and completer.
+"""Riding out a database that went away, for the worker's claim loop, completer and
+heartbeat.
 
 A dropped connection, a failover or a restart must not stop a worker: it drops the
 broken connection (the next query opens a new one) and tries again after a backoff.
 What is safe to retry, and for how long, is decided here once (docs/reliability.md).
+
+An outage is logged once per worker, here: every thread of a worker fails on its own
+connection when the database restarts (the claim loop, the completer, the heartbeat,
+each running task), so per-operation warnings would say the same thing dozens of
+times. The first failure is one WARNING naming the cause, the first success after it
+one INFO saying how long it lasted; the operations' own lines are DEBUG meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from django.db import InterfaceError, OperationalError
 
-from django_qtasks.storage.db import reset_connection
+from django_qtasks.storage.db import is_connection_lost, reset_connection
 
 logger = logging.getLogger("django_qtasks.worker")
 
@@ -27,7 +35,8 @@ T = TypeVar("T")
 
 
 class DatabaseRetry:
-    """Backoffs and reconnects on one database alias.
+    """Backoffs, reconnects and the outage log of one worker on one database alias,
+    shared by the worker's threads.
 
     ``patience`` is how long a write is retried (the heartbeat timeout: past it, the
     worker's tasks are rescued elsewhere anyway, so retrying longer gains nothing)."""
@@ -36,23 +45,98 @@ class DatabaseRetry:
         self.alias = alias
         self.poll_interval = poll_interval
         self.patience = patience
+        self._lock = threading.Lock()
+        self._down_since: float | None = None  # monotonic; None while the database answers
+        self._failures = 0  # failed operations in the current outage
+        # Outages so far. Each thread notes the one its connection was last known
+        # good after (or dropped in), to tell a new outage from a connection that
+        # died in the last one and is only now used again.
+        self._outages = 0
+        self._threads = threading.local()
+
+    @property
+    def down(self) -> bool:
+        """Whether the worker is in an outage: a connection was lost, nothing has
+        succeeded since."""
+        return self._down_since is not None
 
     def reset(self) -> None:
         """Drop the connection after a database error; the next query opens a new one."""
         reset_connection(self.alias)
+        self._threads.outage = self._outages
+
+    def reached(self) -> None:
+        """A database operation of this thread succeeded: the end of an outage, if one
+        was on. Cheap otherwise (it is on the claim and completion paths)."""
+        self._threads.outage = self._outages
+        if self._down_since is None:
+            return
+        with self._lock:
+            if self._down_since is None:
+                return
+            lasted = time.monotonic() - self._down_since
+            failures, self._down_since = self._failures, None
+        logger.info(
+            "Database reachable again after %.1f s (%d failed operation(s) retried meanwhile)",
+            lasted,
+            failures,
+            extra={"action": "database_reachable", "duration": lasted, "count": failures},
+        )
+
+    def failed(self, message: str, *args: object, action: str, **fields: Any) -> None:
+        """After a failed database operation, in its ``except`` block: drop the
+        connection and log. A lost connection (the list is in docs/reliability.md) is
+        part of an outage, logged once; the operation's own ``message`` (with the
+        traceback) is DEBUG then. Any other database error is the operation's own
+        WARNING."""
+        exc = sys.exc_info()[1]
+        lost = exc is not None and is_connection_lost(exc, self.alias)
+        if exc is not None and lost:
+            self._outage(_cause(exc))
+        self.reset()
+        logger.log(
+            logging.DEBUG if lost else logging.WARNING,
+            message,
+            *args,
+            exc_info=True,
+            extra={"action": action, **fields},
+        )
+
+    def lost_run(self, cause: str) -> None:
+        """A task's run on this thread was lost to a cut connection: the same outage
+        as the worker's own failures (its rescue is logged at INFO)."""
+        self._outage(cause)
+        self.reset()
+
+    def _outage(self, cause: str) -> None:
+        """Count a lost connection; the first of an outage is a WARNING. A connection
+        this thread has not used since before the last outage died in that one (a
+        restart ends every session): its failure belongs to it and opens none."""
+        with self._lock:
+            if self._down_since is None:
+                if getattr(self._threads, "outage", 0) < self._outages:
+                    return  # the last outage's dead connection, now used again
+                self._outages += 1
+                self._down_since = time.monotonic()
+                self._failures = 0
+                first = True
+            else:
+                first = False
+            self._failures += 1
+        if first:
+            logger.warning(
+                "Database unreachable (%s); retrying until it answers",
+                cause,
+                extra={"action": "database_unreachable", "error": cause},
+            )
 
     def after_failed_claim(self, failures: int, stop: threading.Event) -> None:
         """Reconnect and wait ``poll_interval * 2**failures`` (at most 30 s, cut short by
-        ``stop``) before the next claim. Called from an ``except`` block: it logs the
-        traceback."""
+        ``stop``) before the next claim. Called from an ``except`` block."""
         delay = min(MAX_DB_BACKOFF, self.poll_interval * 2**failures)
-        logger.warning(
-            "Claiming failed (database error); retrying in %.1f s",
-            delay,
-            exc_info=True,
-            extra={"action": "claim_failed"},
+        self.failed(
+            "Claiming failed (database error); retrying in %.1f s", delay, action="claim_failed"
         )
-        self.reset()
         stop.wait(delay)
 
     def write(self, call: Callable[[], T], task_uuids: list[str]) -> T | None:
@@ -65,16 +149,15 @@ class DatabaseRetry:
         delay = FIRST_WRITE_DELAY
         while True:
             try:
-                return call()
+                result = call()
             except (OperationalError, InterfaceError):
-                logger.warning(
+                self.failed(
                     "Storing the outcome of task(s) %s failed; retrying in %.2f s",
                     _shown(task_uuids),
                     delay,
-                    exc_info=True,
-                    extra={"action": "finish_failed", "task_uuids": task_uuids},
+                    action="finish_failed",
+                    task_uuids=task_uuids,
                 )
-                self.reset()
                 if time.monotonic() + delay > deadline:
                     logger.error(
                         "Giving up storing the outcome of task(s) %s; they will be rescued",
@@ -84,6 +167,16 @@ class DatabaseRetry:
                     return None
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_WRITE_DELAY)
+            else:
+                self.reached()
+                return result
+
+
+def _cause(exc: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message``, for the outage line."""
+    text = str(exc).strip().split("\n", 1)[0]
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _shown(names: list[str], shown: int = 10) -> str:

@@ -23,11 +23,11 @@ from asgiref.sync import async_to_sync
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from django_qtasks.api.task import Outcome, Task
 from django_qtasks.exceptions import QTasksError, TaskCancelled, describe_exception
 from django_qtasks.log import task_fields
 from django_qtasks.models import TaskStatus
 from django_qtasks.storage.db import is_connection_lost
+from django_qtasks.values import Outcome, Task
 from django_qtasks.worker.context import TaskContext, TaskSelf
 from django_qtasks.worker.timelimit import TaskTimeLimitExceeded, time_limit_message
 

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from django_qtasks.broker.broker import BaseBroker
 from django_qtasks.settings import QTasksSettings
-from django_qtasks.storage.db import reset_connection
+from django_qtasks.worker.dbretry import DatabaseRetry
 
 if TYPE_CHECKING:
     from django_qtasks.worker.scheduler import Scheduler
@@ -47,6 +47,7 @@ class Heartbeat:
         on_beat: Callable[[], None] = lambda: None,
         scheduler: Scheduler | None = None,
         heartbeat_file: str | None = None,
+        retry: DatabaseRetry | None = None,
     ) -> None:
         self.broker = broker
         self.settings = settings
@@ -63,6 +64,10 @@ class Heartbeat:
         self.on_beat = on_beat  # after each database heartbeat: the worker's counters flush
         self.heartbeat_file = heartbeat_file
         self.scheduler = scheduler  # periodic tasks; on a thread of its own
+        # The worker's: an outage is logged once per worker, whichever thread meets it.
+        self.retry = retry or DatabaseRetry(
+            settings.database, poll_interval=1.0, patience=settings.heartbeat_timeout
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="qtasks-heartbeat", daemon=True)
         self._next_rescue = 0.0
@@ -131,17 +136,16 @@ class Heartbeat:
         return deleted
 
     def _run(self) -> None:
-        alias = self.settings.database
         try:
             while not self._stop.wait(self.settings.heartbeat_interval):
                 try:
                     self.tick()
                 except DatabaseError:
-                    logger.warning(
+                    self.retry.failed(
                         "Heartbeat failed; reconnecting on the next beat",
-                        exc_info=True,
-                        extra={"action": "heartbeat_failed"},
+                        action="heartbeat_failed",
                     )
-                    reset_connection(alias)
+                else:
+                    self.retry.reached()
         finally:
             connections.close_all()

@@ -29,7 +29,7 @@ from django_qtasks.worker.worker import ThreadWorker
 
 if TYPE_CHECKING:
     from django_qtasks.api.queue_tasks import BaseQueueTasks
-    from django_qtasks.api.task import Task
+    from django_qtasks.values import Task
     from django_qtasks.worker.completer import Done
 
 _timekeeper: Timekeeper | None = None

@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError
 
-from django_qtasks.api.task import Outcome, Task
 from django_qtasks.exceptions import TaskNotRegistered
 from django_qtasks.global_config.counters import TaskCounters
 from django_qtasks.models import TaskStatus
 from django_qtasks.settings import import_component
 from django_qtasks.storage.db import reset_connection
+from django_qtasks.values import Outcome, Task
 from django_qtasks.worker.executor import BaseTaskExecutor
 from django_qtasks.worker.pool_child import child_entry
 from django_qtasks.worker.timelimit import TaskTimeLimitExceeded, time_limit_message

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Collection, Iterable
 
-from django_qtasks.api.task import Task
+from django_qtasks.values import Task
 
 #: Claim ahead only what the threads should start within this many seconds.
 HORIZON = 0.1

@@ -30,14 +30,15 @@ from django.utils import timezone
 
 from django_qtasks import signals
 from django_qtasks.api.options import EnqueueOptions
-from django_qtasks.api.task import Task, TaskSpec
 from django_qtasks.cron import get_zone, latest_tick, next_tick
 from django_qtasks.exceptions import ConfigurationError, QTasksError
 from django_qtasks.log import task_fields
 from django_qtasks.storage.db import reset_connection
+from django_qtasks.values import Task, TaskSpec
 
 if TYPE_CHECKING:
     from django_qtasks.api.queue_tasks import BaseQueueTasks
+    from django_qtasks.worker.dbretry import DatabaseRetry
 
 logger = logging.getLogger("django_qtasks.scheduler")
 
@@ -169,8 +170,11 @@ class Scheduler:
         schedules: Sequence[Schedule] | None = None,
         worker_id: str = "",
         clock: Callable[[], dt.datetime] = timezone.now,
+        retry: DatabaseRetry | None = None,
     ) -> None:
         self.app = app
+        # The worker's, so that an outage is logged once per worker (docs/reliability.md).
+        self.retry = retry
         self.schedules = list(collect_schedules(app) if schedules is None else schedules)
         self.worker_id = worker_id
         self.clock = clock
@@ -254,13 +258,14 @@ class Scheduler:
                 except DatabaseError:
                     failures += 1
                     delay = min(MAX_DB_BACKOFF, 0.5 * 2**failures)
-                    logger.warning(
-                        "Scheduler: database error; trying again in %.1f s",
-                        delay,
-                        exc_info=True,
-                        extra={"action": "scheduler_failed"},
-                    )
-                    reset_connection(alias)
+                    message = "Scheduler: database error; trying again in %.1f s"
+                    if self.retry is not None:
+                        self.retry.failed(message, delay, action="scheduler_failed")
+                    else:
+                        logger.warning(
+                            message, delay, exc_info=True, extra={"action": "scheduler_failed"}
+                        )
+                        reset_connection(alias)
                     self._stop.wait(delay)
                     continue
                 except Exception:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from django_qtasks.worker.prefetch import ClaimAhead
 
 if TYPE_CHECKING:
-    from django_qtasks.api.task import Task
+    from django_qtasks.values import Task
     from django_qtasks.worker.context import TaskContext
 
 CLAIM_LINGER = 0.002  # seconds a busy worker waits for more free threads before claiming

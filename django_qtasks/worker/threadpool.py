@@ -20,7 +20,7 @@ from django_qtasks.log import task_fields
 from django_qtasks.storage.db import close_if_broken, ensure_usable
 
 if TYPE_CHECKING:
-    from django_qtasks.api.task import Task
+    from django_qtasks.values import Task
 
 logger = logging.getLogger("django_qtasks.worker")
 

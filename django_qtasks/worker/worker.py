@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any
 from django.db import DatabaseError, connections
 
 from django_qtasks import signals
-from django_qtasks.api.task import Outcome, Task
 from django_qtasks.exceptions import TaskNotRegistered, describe_exception
 from django_qtasks.global_config.counters import TaskCounters
 from django_qtasks.log import task_fields
 from django_qtasks.models import TaskStatus
 from django_qtasks.settings import import_component
+from django_qtasks.values import Outcome, Task
 from django_qtasks.worker.claimloop import ClaimLoop
-from django_qtasks.worker.completer import Completer, Done
+from django_qtasks.worker.completer import Completer, Done, exception_text
 from django_qtasks.worker.context import TaskContext
 from django_qtasks.worker.dbretry import DatabaseRetry
 from django_qtasks.worker.executor import BaseTaskExecutor
@@ -186,7 +186,10 @@ class ThreadWorker(BaseWorker):
             heartbeat_file=self.heartbeat_file,
             # Periodic tasks: every (non-burst) worker runs the scheduler; the database
             # lets each tick in once. Built first, so a bad schedule fails at start.
-            scheduler=None if self.burst else Scheduler(self.app, worker_id=self.worker_id),
+            scheduler=None
+            if self.burst
+            else Scheduler(self.app, worker_id=self.worker_id, retry=self.retry),
+            retry=self.retry,
         )
         self.heartbeat.start()
         try:
@@ -289,8 +292,9 @@ class ThreadWorker(BaseWorker):
         outcome = executor.execute(definition, task, ctx)
         if outcome.lost:
             # The database cut this connection: the next task gets a fresh one at once,
-            # without a ping on a socket that may hang until TCP gives up.
-            self.retry.reset()
+            # without a ping on a socket that may hang until TCP gives up. The outage is
+            # the worker's to log, once.
+            self.retry.lost_run(exception_text(outcome))
         return self._executed(Done(task, outcome, time.monotonic() - started))
 
     def _on_bug(self, task: Task, exc: BaseException) -> Task | None:

@@ -158,25 +158,61 @@ def wait_for_progress(server: PrivatePostgres, more: int, message: str) -> None:
     wait_until(lambda: private_successes(server) >= reached, timeout=60, message=message)
 
 
+UNREACHABLE = "Database unreachable ("
+REACHABLE = "Database reachable again after "
+
+
+def log_lines(path: Path, *levels: str) -> list[str]:
+    """The worker log's record lines (``<date> <time> LEVEL logger: message``) of
+    ``levels``; tracebacks and their continuation lines are not records."""
+    found = []
+    for line in log_text(path).splitlines():
+        parts = line.split(" ", 3)
+        if len(parts) == 4 and parts[2] in levels:
+            found.append(line)
+    return found
+
+
+def outages_logged(path: Path) -> tuple[int, int]:
+    """How many outages a worker's log reported, and how many recoveries."""
+    lines = log_lines(path, "WARNING", "INFO")
+    return (sum(UNREACHABLE in line for line in lines),
+            sum(REACHABLE in line for line in lines))  # fmt: skip
+
+
 @pytest.mark.postgres
 def test_postgresql_restarted_mid_run_loses_no_plain_task(tmp_path):
     with private_site(tmp_path) as (server, site):
         keys = site.enqueue(1500, prefix="r")
         logs = [tmp_path / f"worker{n}.log" for n in range(2)]
         workers = [site.start_worker("--concurrency", "4", log=log) for log in logs]
-        for mode in ("fast", "immediate"):
+        for restarts, mode in enumerate(("fast", "immediate"), start=1):
             wait_for_progress(server, 200, f"progress before the {mode} restart")
             server.restart(mode)
+            # Each worker met the outage and is back: it says so once each way.
+            wait_until(
+                lambda n=restarts: all(outages_logged(log)[1] >= n for log in logs), timeout=60,
+                message=f"the workers to log their recovery\n{log_text(logs[0])[-3000:]}",
+            )  # fmt: skip
         wait_until(lambda: not private_open(server), timeout=180,
                    message=f"the drain\n{log_text(logs[0])[-3000:]}")  # fmt: skip
         result = private_numbers(server, keys)
         text = [log_text(log) for log in logs]
-        warnings = sum(t.count(" WARNING ") + t.count("WARNING:") for t in text)
-        report("pg_restart", {**result, "restarts": 2, "warning_lines": warnings})
+        loud = [log_lines(log, "WARNING", "ERROR", "CRITICAL") for log in logs]
+        report("pg_restart", {**result, "restarts": 2,
+                              "outage_lines": [outages_logged(log) for log in logs],
+                              "warning_lines": sum(map(len, loud))})  # fmt: skip
         assert all(proc.poll() is None for proc in workers), text[0][-3000:]
         assert (result["success"], result["other"], result["unproven"]) == (len(keys), 0, 0), (
             result
         )
+        # The outage, once per restart and worker: one WARNING naming the cause and one
+        # INFO when the database answers again; nothing else louder than INFO (each
+        # rescued run is an INFO line, each failed retry a DEBUG one).
+        for log, lines in zip(logs, loud, strict=True):
+            assert outages_logged(log) == (2, 2), lines
+            assert len(lines) == 2, lines
+            assert all(UNREACHABLE in line for line in lines), lines
 
 
 @pytest.mark.postgres

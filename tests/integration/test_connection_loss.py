@@ -45,8 +45,18 @@ def test_a_cut_connection_is_rescued_without_spending_the_attempt(run_worker, ca
     # The same (only) thread ran the next task, on a fresh connection.
     assert app.get(after.uuid).returning == 4
     [rescue] = [r for r in caplog.records if getattr(r, "action", "") == "rescue"]
-    assert rescue.levelno == logging.WARNING
+    assert rescue.levelno == logging.INFO  # the worker's outage line is the warning
     assert rescue.task_uuid == str(task.uuid)
+    # The worker logs the cut once, naming its cause, and that the database answered
+    # again (storing the rescue did).
+    [down] = [r for r in caplog.records if getattr(r, "action", "") == "database_unreachable"]
+    assert down.levelno == logging.WARNING
+    assert down.getMessage().startswith("Database unreachable (OperationalError: "), (
+        down.getMessage()
+    )
+    [up] = [r for r in caplog.records if getattr(r, "action", "") == "database_reachable"]
+    assert up.levelno == logging.INFO
+    assert up.getMessage().startswith("Database reachable again after ")
     # Its own run line is not logged as a failure of the task.
     assert not [
         r for r in caplog.records

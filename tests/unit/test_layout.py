@@ -16,7 +16,7 @@ from django_qtasks import _moved
 PACKAGE = Path(__file__).resolve().parents[2] / "django_qtasks"
 ROOT_MODULES = {
     "__init__", "_lazy", "_moved", "admin", "apps", "checks", "cron", "exceptions", "log",
-    "models", "settings", "signals",
+    "models", "settings", "signals", "values",
 }  # fmt: skip
 
 
