@@ -16,9 +16,9 @@ from typing import Any
 
 from django.db import connections
 
-logger = logging.getLogger("django_qtasks.listener")
+from django_qtasks.storage.interface import CHANNEL
 
-CHANNEL = "django_qtasks"
+logger = logging.getLogger("django_qtasks.listener")
 RETRY_AFTER = 5.0  # seconds before a lost listener connection is tried again
 
 

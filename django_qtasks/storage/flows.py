@@ -15,12 +15,12 @@ from typing import Any
 from django.db import connections, transaction
 from django.utils import timezone
 
-from django_qtasks.broker.listener import CHANNEL
 from django_qtasks.models import (
     TaskRecord,
     TaskStatus,
 )
 from django_qtasks.storage.enqueue import EnqueueMixin
+from django_qtasks.storage.interface import CHANNEL
 from django_qtasks.storage.rows import _as_uuid
 from django_qtasks.storage.table import _NOW, CANCELLED, _json_append, _json_param
 from django_qtasks.values import Outcome, Task, TaskSpec

@@ -3,7 +3,8 @@
 ``BaseStorage`` is the contract between the queue and its database (the Broker and
 the worker side see nothing else); ``QTASKS["STORAGE"]`` may name any subclass. The
 GlobalConfig names of the workers' heartbeats and paused queues live here, beside it,
-because the storage's rescue and the broker, admin and dashboard all read them.
+because the storage's rescue and the broker, admin and dashboard all read them; so does
+the NOTIFY channel, which Storage sends on and the Broker listens to.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from django_qtasks.values import Outcome, Task, TaskSpec
 
 WORKERS = "workers"  # the GlobalConfig name under which workers keep their heartbeats
 QUEUES = "queues"  # ... and under which paused queues are flagged
+# PostgreSQL: the channel Storage's statements NOTIFY when tasks become ready (the enqueue
+# trigger of migration 0004, flows releasing a stage); the Broker's listener LISTENs on it.
+CHANNEL = "django_qtasks"
 
 
 @dataclass(frozen=True)

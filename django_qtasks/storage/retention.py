@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from django.utils import timezone
 
-from django_qtasks.broker.broker import BaseBroker
 from django_qtasks.models import FINISHED_STATUSES
+from django_qtasks.storage.interface import BaseStorage
 
 _AGE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -64,7 +64,7 @@ class PruneResult:
 
 
 def prune(
-    broker: BaseBroker,
+    storage: BaseStorage,
     older_than: dt.timedelta,
     *,
     statuses: Collection[str] = FINISHED_STATUSES,
@@ -74,13 +74,15 @@ def prune(
 ) -> PruneResult:
     """Delete every task of ``statuses`` that finished more than ``older_than`` ago, one
     batch after another until none is left; then the schedule runs older than that
-    (each schedule keeps its newest). ``on_batch`` hears each batch's count."""
+    (each schedule keeps its newest). ``on_batch`` hears each batch's count. It drives
+    Storage's one-batch statements and nothing else, so it takes Storage: the command,
+    the heartbeat and a user's script all reach it as ``broker.storage``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     before = (now or timezone.now()) - older_than
     result = PruneResult()
     while True:
-        deleted = broker.prune(before, statuses, batch_size)
+        deleted = storage.prune(before, statuses, batch_size)
         result.tasks += deleted
         if deleted:
             result.batches += 1
@@ -89,7 +91,7 @@ def prune(
         if deleted < batch_size:
             break
     while True:
-        deleted = broker.prune_schedule_runs(before, batch_size)
+        deleted = storage.prune_schedule_runs(before, batch_size)
         result.schedule_runs += deleted
         if deleted < batch_size:
             break

@@ -76,7 +76,9 @@ def test_only_old_finished_rows_of_the_chosen_statuses_go_in_batches():
 
     spy = DeleteSpy()
     with connection.execute_wrapper(spy):
-        result = prune(app.broker, 7 * DAYS, statuses=["success", "error"], batch_size=10, now=NOW)
+        result = prune(
+            app.broker.storage, 7 * DAYS, statuses=["success", "error"], batch_size=10, now=NOW
+        )
 
     assert result.tasks == 50
     task_deletes = [s for s in spy.statements if TaskRecord._meta.db_table in s[0]]
@@ -121,7 +123,7 @@ def test_schedule_runs_are_pruned_but_each_schedule_keeps_its_newest():
     ScheduleRun.objects.bulk_create(
         [run("a", n * DAYS) for n in range(8, 12)] + [run("b", 9 * DAYS), run("b", 1 * DAYS)]
     )
-    result = prune(app.broker, 7 * DAYS, batch_size=2, now=NOW)
+    result = prune(app.broker.storage, 7 * DAYS, batch_size=2, now=NOW)
     assert result.schedule_runs == 4
     left = sorted(ScheduleRun.objects.values_list("schedule", "tick"))
     assert left == [("a", NOW - 8 * DAYS), ("b", NOW - 1 * DAYS)]

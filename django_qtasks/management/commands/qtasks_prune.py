@@ -73,7 +73,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"  deleted a batch of {deleted}")
 
         result = prune(
-            app.broker,
+            app.broker.storage,
             older_than,
             statuses=statuses,
             batch_size=batch_size,
