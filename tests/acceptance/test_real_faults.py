@@ -160,6 +160,7 @@ def wait_for_progress(server: PrivatePostgres, more: int, message: str) -> None:
 
 UNREACHABLE = "Database unreachable ("
 REACHABLE = "Database reachable again after "
+REFUSED = "was no longer held by worker"  # storage/finish.py: a late result refused
 
 
 def log_lines(path: Path, *levels: str) -> list[str]:
@@ -208,11 +209,14 @@ def test_postgresql_restarted_mid_run_loses_no_plain_task(tmp_path):
         )
         # The outage, once per restart and worker: one WARNING naming the cause and one
         # INFO when the database answers again; nothing else louder than INFO (each
-        # rescued run is an INFO line, each failed retry a DEBUG one).
+        # rescued run is an INFO line, each failed retry a DEBUG one) but the refusal of
+        # a late result: a run cut by the restart was rescued while its thread went on,
+        # and the copy that ran elsewhere holds the row (at-least-once).
         for log, lines in zip(logs, loud, strict=True):
             assert outages_logged(log) == (2, 2), lines
-            assert len(lines) == 2, lines
-            assert all(UNREACHABLE in line for line in lines), lines
+            other = [line for line in lines if UNREACHABLE not in line]
+            assert sum(UNREACHABLE in line for line in lines) == 2, lines
+            assert all(REFUSED in line for line in other), lines
 
 
 @pytest.mark.postgres
