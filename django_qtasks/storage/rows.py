@@ -329,6 +329,7 @@ _CONTAINERS = (list, dict)  # what json.loads makes of arrays and objects (exact
 
 def _decode_json(values: dict[str, Any]) -> str | None:
     """Decode the row's JSON columns in place; what is wrong with them, or None."""
+    name = ""
     try:
         for name in _CLAIM_JSON:
             value = values[name]
@@ -344,7 +345,7 @@ def _decode_json(values: dict[str, Any]) -> str | None:
                 ):
                     return f"its {name} nest lists or dicts more than {MAX_DEPTH} deep"
     except RecursionError:
-        return "its JSON nests too deep to decode"
+        return f"its {name} JSON nests too deep to decode"
     except ValueError as exc:  # JSONDecodeError, and what the decoder cannot convert
         return f"its JSON cannot be decoded ({exc})"
     if not isinstance(values["args"], list) or not isinstance(values["kwargs"], dict):
