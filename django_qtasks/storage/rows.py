@@ -17,7 +17,7 @@ import uuid as uuid_lib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
-from django.db import models
+from django.db import connections, models
 
 from django_qtasks.exceptions import InvalidTaskCall
 from django_qtasks.models import (
@@ -308,11 +308,14 @@ _BLANK_VALUE: dict[str, Callable[[dict[str, Any]], Any]] = {
 Converter = Callable[[Any], Any]
 
 
+_CONTAINERS = (list, dict)  # what json.loads makes of arrays and objects (exact types)
+
+
 def nests_deeper(value: Any, limit: int) -> bool:
     """Whether decoded JSON nests lists and objects more than ``limit`` deep. Only the
     depth: the claim's values were stored, so their strings are fine (check_value also
     examines every string, which costs more than the decoding)."""
-    level: list[Any] = [value] if type(value) in (list, dict) else []
+    level: list[Any] = [value] if type(value) in _CONTAINERS else []
     for _depth in range(limit):  # one level at a time, containers only
         below: list[Any] = []
         for item in level:
@@ -322,9 +325,6 @@ def nests_deeper(value: Any, limit: int) -> bool:
             return False
         level = below
     return bool(level)
-
-
-_CONTAINERS = (list, dict)  # what json.loads makes of arrays and objects (exact types)
 
 
 def _decode_json(values: dict[str, Any]) -> str | None:
@@ -411,8 +411,6 @@ def claim_converters(alias: str) -> tuple[tuple[int, Converter], ...]:
     """What turns the claim's raw values into Python ones on this database (not
     PostgreSQL's): Django's converters of each column that has any (UUIDs, times and
     booleans on SQLite and MariaDB), the JSON columns left to the claim's own decoder."""
-    from django.db import connections
-
     connection = connections[alias]
     converters: list[tuple[int, Converter]] = []
     for index, name in enumerate(_CLAIM_COLUMNS):

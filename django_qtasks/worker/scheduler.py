@@ -33,12 +33,11 @@ from django_qtasks.api.options import EnqueueOptions
 from django_qtasks.cron import get_zone, latest_tick, next_tick
 from django_qtasks.exceptions import ConfigurationError, QTasksError
 from django_qtasks.log import task_fields
-from django_qtasks.storage.db import reset_connection
 from django_qtasks.values import Task, TaskSpec
+from django_qtasks.worker.dbretry import DatabaseRetry
 
 if TYPE_CHECKING:
     from django_qtasks.api.queue_tasks import BaseQueueTasks
-    from django_qtasks.worker.dbretry import DatabaseRetry
 
 logger = logging.getLogger("django_qtasks.scheduler")
 
@@ -173,8 +172,11 @@ class Scheduler:
         retry: DatabaseRetry | None = None,
     ) -> None:
         self.app = app
-        # The worker's, so that an outage is logged once per worker (docs/reliability.md).
-        self.retry = retry
+        # The worker's, so that an outage is logged once per worker (docs/reliability.md);
+        # a scheduler of its own (tests) keeps its own.
+        self.retry = retry or DatabaseRetry(
+            app.settings.database, poll_interval=1.0, patience=app.settings.heartbeat_timeout
+        )
         self.schedules = list(collect_schedules(app) if schedules is None else schedules)
         self.worker_id = worker_id
         self.clock = clock
@@ -248,7 +250,6 @@ class Scheduler:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        alias = self.app.settings.database
         failures = 0
         try:
             while not self._stop.is_set():
@@ -258,14 +259,11 @@ class Scheduler:
                 except DatabaseError:
                     failures += 1
                     delay = min(MAX_DB_BACKOFF, 0.5 * 2**failures)
-                    message = "Scheduler: database error; trying again in %.1f s"
-                    if self.retry is not None:
-                        self.retry.failed(message, delay, action="scheduler_failed")
-                    else:
-                        logger.warning(
-                            message, delay, exc_info=True, extra={"action": "scheduler_failed"}
-                        )
-                        reset_connection(alias)
+                    self.retry.failed(
+                        "Scheduler: database error; trying again in %.1f s",
+                        delay,
+                        action="scheduler_failed",
+                    )
                     self._stop.wait(delay)
                     continue
                 except Exception:

@@ -65,6 +65,19 @@ def test_enqueue_stores_a_row_and_returns_a_ready_result() -> None:
     assert row.tags == ["backend:default"]
 
 
+def test_the_result_of_enqueue_is_the_one_the_row_gives() -> None:
+    # enqueue() builds a new row's result by a shortcut past Django's constructor: it
+    # must equal the general mapping of the stored row, field for field.
+    from django_qtasks import app
+    from django_qtasks.contrib.django_tasks import to_task_result
+
+    result = tasks.add.enqueue(2, 3)
+    row = app.get(result.id)
+    assert row is not None
+    assert result == to_task_result(row, tasks.add, "default", as_given=True)
+    assert type(result) is type(to_task_result(row, tasks.add, "default", as_given=True))
+
+
 def test_get_result_and_refresh_read_the_row() -> None:
     result = tasks.add.enqueue(1, b=2)
     again = tasks.add.get_result(result.id)
