@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import uuid as uuid_lib
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -93,7 +94,11 @@ def _progress_fraction(progress: Any) -> float | None:
     done, total = progress.get("done"), progress.get("total")
     if not isinstance(done, (int, float)) or not isinstance(total, (int, float)) or total <= 0:
         return None
-    return float(min(max(done / total, 0.0), 1.0))
+    try:
+        fraction = done / total
+    except OverflowError:  # integers past a float's range (a row written by hand)
+        return None
+    return float(min(max(fraction, 0.0), 1.0)) if math.isfinite(fraction) else None
 
 
 def _name_parts(name: str) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 import uuid as uuid_lib
+from typing import Any
 
 from django.db import models
 from django.db.models import Q
@@ -37,6 +38,24 @@ def uuid7s(count: int) -> list[uuid_lib.UUID]:
         value = prefix | (((rand >> 62) & 0xFFF) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
         uuids.append(uuid_lib.UUID(int=value))
     return uuids
+
+
+class StoredJSONField(models.JSONField):
+    """A JSON column that reads back whatever is stored in it. Django returns text that
+    is not JSON as the text; this does the same for JSON that Python cannot decode
+    (nested past its recursion limit, an integer past its digit limit), which a row
+    written by another program may hold: one such row must not fail every query that
+    lists it. Migrations see a plain ``JSONField``."""
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
+        try:
+            return super().from_db_value(value, expression, connection)
+        except (RecursionError, ValueError):
+            return value
+
+    def deconstruct(self) -> Any:
+        name, _path, args, kwargs = super().deconstruct()
+        return name, "django.db.models.JSONField", args, kwargs
 
 
 class TaskStatus(models.TextChoices):
@@ -83,11 +102,11 @@ class TaskRecord(models.Model):
     queue = models.CharField(max_length=64, default="default")
     priority = models.SmallIntegerField(default=0)
     status = models.CharField(max_length=16, choices=TaskStatus.choices, default=TaskStatus.NEW)
-    args = models.JSONField(default=list, blank=True)
-    kwargs = models.JSONField(default=dict, blank=True)
-    returning = models.JSONField(null=True, blank=True)
+    args = StoredJSONField(default=list, blank=True)
+    kwargs = StoredJSONField(default=dict, blank=True)
+    returning = StoredJSONField(null=True, blank=True)
     traceback = models.TextField(blank=True, default="")
-    errors = models.JSONField(default=list, blank=True)
+    errors = StoredJSONField(default=list, blank=True)
     attempt = models.PositiveIntegerField(default=0)
     max_retries = models.PositiveIntegerField(default=0)
     # Runs lost to the worker, not to the task (its worker died, the database cut its
@@ -104,8 +123,8 @@ class TaskRecord(models.Model):
     # NULL, not "", for "no key": the partial unique index must ignore keyless rows.
     unique_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     cancel_requested = models.BooleanField(default=False)
-    progress = models.JSONField(null=True, blank=True)
-    tags = models.JSONField(default=list, blank=True)
+    progress = StoredJSONField(null=True, blank=True)
+    tags = StoredJSONField(default=list, blank=True)
     # Chains and groups (docs/workflows.md): the tasks of one flow share ``flow_id`` and
     # run stage after stage; the tasks of a group share a stage and are numbered by
     # ``flow_index`` (NULL for a plain chain step, whose one result is passed on alone).
@@ -200,7 +219,7 @@ class ConfigEntry(models.Model):
 
     name = models.CharField(max_length=64)
     key = models.CharField(max_length=255)
-    value = models.JSONField(null=True, blank=True)
+    value = StoredJSONField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -85,9 +85,11 @@ class EnqueueMixin(TableStorage):
                 # INSERT over unnest() arrays; the rows are built as they stream, so
                 # the server takes in one chunk while the next is made. It runs on
                 # psycopg's own cursor, so it bypasses Django's query logging; it is
-                # still one statement, atomic.
+                # still one statement, atomic. Its errors are wrapped as Django wraps
+                # its cursor's: the same exception types as add_task()'s.
                 columns = ", ".join(ops.quote_name(c) for c in _COPY_COLUMNS)
-                with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                sql = f"COPY {table} ({columns}) FROM STDIN"
+                with connection.wrap_database_errors, cursor.cursor.copy(sql) as copy:
                     for chunk in _copy_chunks(rows()):
                         copy.write(chunk)
             else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -136,7 +137,7 @@ def _row(record: TaskRecord, now: dt.datetime) -> dict[str, Any]:
         "attempt": record.attempt,
         "max_attempts": record.max_retries + 1,
         "progress": _progress(record.progress),
-        "result": _clip(json.dumps(record.returning)) if record.status == "success" else None,
+        "result": _clip(_json(record.returning)) if record.status == "success" else None,
         "error": _last_error(record.errors),
         "waiting_seconds": (record.run_after - now).total_seconds() if waiting else None,
         "seconds": _run_seconds(record, now),
@@ -166,24 +167,58 @@ def _clip(text: str) -> str:
     return text if len(text) <= TEXT_LIMIT else text[: TEXT_LIMIT - 1] + "…"
 
 
+# The row's JSON columns are shown as they are stored: a row written by another program
+# (or by hand) may hold any JSON there, of any shape or depth, and the page still shows.
+
+
+def _json(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (RecursionError, ValueError):
+        return "(too deeply nested to show)"
+
+
 def _call_text(record: TaskRecord) -> str:
-    parts = [json.dumps(arg) for arg in record.args]
-    parts += [f"{name}={json.dumps(value)}" for name, value in record.kwargs.items()]
-    return _clip(f"{_short(record.task_name)}({', '.join(parts)})")
+    args, kwargs = record.args, record.kwargs
+    if isinstance(args, list) and isinstance(kwargs, dict):
+        parts = [_json(arg) for arg in args]
+        parts += [f"{name}={_json(value)}" for name, value in kwargs.items()]
+        call = ", ".join(parts)
+    else:  # not the shapes add_task() stores
+        call = f"args={_json(args)}, kwargs={_json(kwargs)}"
+    return _clip(f"{_short(record.task_name)}({call})")
 
 
-def _progress(progress: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not progress:
+def _number(value: Any) -> int | float | None:
+    """A finite number as it is; None for anything else (text, inf, an integer too big
+    for a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    done, total = progress.get("done") or 0, progress.get("total")
-    percent = max(0, min(100, round(100 * done / total))) if total else None
+    try:
+        return value if math.isfinite(value) else None
+    except OverflowError:
+        return None
+
+
+def _progress(progress: Any) -> dict[str, Any] | None:
+    if not progress or not isinstance(progress, dict):
+        return None
+    done, total = _number(progress.get("done")) or 0, _number(progress.get("total"))
+    percent = None
+    if total:
+        try:
+            fraction = done / total
+        except OverflowError:
+            fraction = math.inf
+        if math.isfinite(fraction):
+            percent = round(100 * min(max(fraction, 0.0), 1.0))
     message = progress.get("message", "")
-    return {"done": done, "total": total, "percent": percent, "message": message}
+    return {"done": done, "total": total, "percent": percent, "message": _clip(str(message))}
 
 
-def _last_error(errors: list[dict[str, Any]]) -> str | None:
-    if not errors:
+def _last_error(errors: Any) -> str | None:
+    if not errors or not isinstance(errors, list):
         return None
-    last = errors[-1]
+    last = errors[-1] if isinstance(errors[-1], dict) else {"message": errors[-1]}
     kind = str(last.get("type", "Error")).removeprefix("builtins.")
-    return _clip(f"{kind}: {last.get('message', '')}")
+    return _clip(f"{kind}: {_clip(str(last.get('message', '')))}")

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json as json_lib
 
 import pytest
-from django.db import DatabaseError, connection, transaction
 from django.urls import reverse
 
 from django_qtasks import app
 from django_qtasks.api.options import MAX_DEPTH
 from django_qtasks.models import TaskRecord
 from django_qtasks.storage.rows import MAX_ATTEMPT
+from tests.rows import nested, set_column, written
 from tests.testapp import tasks
 
 pytestmark = pytest.mark.django_db
@@ -20,18 +20,6 @@ pytestmark = pytest.mark.django_db
 CHANGELIST = reverse("admin:django_qtasks_taskrecord_changelist")
 DASHBOARD = reverse("admin:django_qtasks_taskrecord_dashboard")
 CONFIG = reverse("admin:django_qtasks_configentry_changelist")
-
-
-def set_column(task_uuid: object, column: str, value: object, *, json: bool = False) -> None:
-    """Write a value the ORM and enqueueing would refuse (raw SQL, as a careless script
-    or another program would)."""
-    table = TaskRecord._meta.db_table
-    cast = "CAST(%s AS jsonb)" if json and connection.vendor == "postgresql" else "%s"
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET {column} = {cast} WHERE uuid = %s",
-            [value, TaskRecord._meta.pk.get_db_prep_value(task_uuid, connection)],
-        )
 
 
 @pytest.mark.parametrize("param", ["queue", "task_name", "status__exact", "q"])
@@ -50,21 +38,6 @@ def test_the_dashboard_shows_a_queue_whose_name_cannot_be_paused(admin_client) -
         assert response.status_code == 200
         assert b"a/b" in response.content
     assert app.get(task.uuid) is not None
-
-
-def written(task_uuid: object, column: str, value: object, *, json: bool = False) -> bool:
-    """Whether the database took the value: PostgreSQL's jsonb and MariaDB's JSON check
-    refuse some of what SQLite's text keeps (the database is then the guard itself)."""
-    try:
-        with transaction.atomic():
-            set_column(task_uuid, column, value, json=json)
-    except DatabaseError:
-        return False
-    return True
-
-
-def nested(depth: int) -> str:
-    return "[" * depth + "0" + "]" * depth
 
 
 # Rows enqueueing would refuse: (column, value, whether JSON).

@@ -5,7 +5,7 @@ import datetime as dt
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
@@ -443,3 +443,42 @@ def test_what_an_enqueue_works_out_once_follows_the_settings_and_the_registry():
         assert own.add_task("tests.kept_unknown").queue == "mail"
         with pytest.raises(InvalidTaskCall, match="QUEUES"):
             own.add_task("tests.kept_unknown", queue="default")
+
+
+_typed = pytest.mark.skipif(
+    connection.vendor == "sqlite", reason="SQLite enforces no column length or integer width"
+)
+
+
+def _spec(**changes):
+    from django_qtasks.api.task import TaskSpec
+
+    spec = TaskSpec(task_name="tests.record", args=["k"], kwargs={}, queue="default",
+                    priority=0, run_after=None, max_retries=0)  # fmt: skip
+    return dataclasses.replace(spec, **changes)
+
+
+# Values that pass TaskSpec (a custom Broker may build one) and that the database
+# refuses, with the Django exception each must come back as on either path.
+_REFUSED_BY_THE_DATABASE = [
+    pytest.param({"priority": 101}, "IntegrityError", id="check-constraint"),
+    pytest.param({"max_concurrency": 2}, "IntegrityError", id="limit-without-key"),
+    pytest.param({"priority": 2**15}, "DataError", id="smallint-overflow", marks=_typed),
+    pytest.param({"queue": "q" * 65}, "DataError", id="too-long", marks=_typed),
+]
+
+
+@pytest.mark.parametrize(("changes", "expected"), _REFUSED_BY_THE_DATABASE)
+def test_the_bulk_path_raises_the_same_django_errors_as_the_single_path(changes, expected):
+    """add_tasks() on PostgreSQL writes with COPY on psycopg's own cursor: its errors
+    must come back as Django's, of the same type as add_task()'s for the same row, and
+    leave the caller's transaction as a Django error does."""
+    import django.db
+
+    expected_type = getattr(django.db, expected)
+    bad = _spec(**changes)
+    for store in (lambda: app.broker.add(bad), lambda: app.broker.add_many([_spec(), bad])):
+        with pytest.raises(django.db.DatabaseError) as raised, transaction.atomic():
+            store()
+        assert type(raised.value) is expected_type, raised.value
+    assert not TaskRecord.objects.exists()
