@@ -148,10 +148,23 @@ def test_system_exit_in_a_task_does_not_end_the_worker(run_worker):
 def test_an_unregistered_task_name_ends_error_and_the_worker_goes_on(run_worker):
     ghost = app.add_task("no.such.task", 1)
     good = tasks.add.add_task(1, 2)
-    assert run_worker(concurrency=1) == 0
+    seen = []
+
+    def on_signal(sender, task, **kwargs):
+        seen.append((task.uuid, kwargs.get("outcome") and kwargs["outcome"].status))
+
+    # No code of an unknown task runs, so neither signal is sent for it (docs/tasks.md).
+    task_started.connect(on_signal)
+    task_finished.connect(on_signal)
+    try:
+        assert run_worker(concurrency=1) == 0
+    finally:
+        task_started.disconnect(on_signal)
+        task_finished.disconnect(on_signal)
     assert finished(ghost).status == "error"
     assert "No task named 'no.such.task' is registered" in finished(ghost).errors[0]["message"]
     assert finished(good).returning == 3
+    assert seen == [(good.uuid, None), (good.uuid, "success")]
 
 
 def test_higher_priority_runs_first_across_queues(run_worker):
