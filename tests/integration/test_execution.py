@@ -128,6 +128,20 @@ def test_a_non_json_result_ends_error_with_a_clear_message(run_worker):
     assert "returned a set, which cannot be stored as JSON" in done.errors[0]["message"]
 
 
+def test_a_result_nested_past_the_encoder_ends_error_without_retries(run_worker):
+    # Past the JSON encoder's recursion on every Python (3.10 gives up near 1,000
+    # levels, 3.13 near 20,000); shallower ones are the database's to refuse.
+    task = tasks.deep_result.add_task("deep", 100_000)
+    assert run_worker() == 0
+    done = finished(task)
+    assert done.status == "error"
+    assert Execution.objects.filter(key="deep").count() == 1  # retry=3, yet never retried
+    assert [entry["type"] for entry in done.errors] == ["django_qtasks.executor.NotJSONResult"]
+    assert done.errors[0]["message"].startswith(
+        "The task returned a list nested too deep to be stored as JSON: maximum recursion"
+    )
+
+
 def test_async_tasks_are_stopped_at_max_time(run_worker):
     task = tasks.async_slow.add_task()
     run_worker()
