@@ -32,8 +32,14 @@ ROOT = Path(__file__).resolve().parent.parent
 TASKS = TaskRecord._meta.db_table
 EXECUTIONS = Execution._meta.db_table
 CONFIG = ConfigEntry._meta.db_table
-#: Where each fault test appends its summary line (``make test`` prints none of them).
+#: Where each fault test's summary line goes, besides the test's own output (which
+#: pytest shows only with ``-s``): ``-`` or ``1`` is the terminal (the lines are listed
+#: at the end of pytest's output, see tests/conftest.py), any other value a file the
+#: lines are appended to.
 REPORT = os.environ.get("QTASKS_FAULT_REPORT", "")
+TO_TERMINAL = REPORT in ("-", "1")
+#: The lines for the terminal that the current test reported, not yet handed to pytest.
+REPORTED: list[str] = []
 
 
 def pg_bindir() -> Path | None:
@@ -291,11 +297,13 @@ def tally(statuses: dict[str, str], runs: dict[str, int], keys: Sequence[str]) -
 
 
 def report(name: str, numbers: dict[str, Any]) -> str:
-    """Print the fault test's summary line (shown with ``-s``) and append it to
-    ``$QTASKS_FAULT_REPORT`` when set."""
+    """Print the fault test's summary line (shown with ``-s``) and send it where
+    ``$QTASKS_FAULT_REPORT`` says (see REPORT)."""
     line = f"FAULT {name}: " + " ".join(f"{key}={value}" for key, value in numbers.items())
     print(line)
-    if REPORT:
+    if TO_TERMINAL:
+        REPORTED.append(line)
+    elif REPORT:
         with open(REPORT, "a") as out:
             out.write(line + "\n")
     return line
