@@ -99,6 +99,20 @@ def test_the_tasks_of_one_dead_worker_come_back_spread_out():
     assert due[-1] - due[0] > dt.timedelta(seconds=0.2)
 
 
+def test_the_snapshot_counts_the_rescues_from_enqueue_to_claim_to_the_end(run_worker):
+    assert tasks.record.add_task("fresh").rescues == 0
+    lost = stale_running("dead-worker", rescues=1)
+    app.broker.rescue()
+    assert app.get(lost.uuid).rescues == 2
+    # Whatever reads the row: a claim's snapshot too (it reads the column back).
+    [claimed] = app.broker.claim("w-next", None, 5, uuids=[lost.uuid])
+    assert (claimed.attempt, claimed.rescues) == (1, 2)
+    assert app.broker.rescue("w-next") == [(lost.uuid, "retry")]
+    run_worker()
+    done = app.get(lost.uuid)
+    assert (done.status, done.attempt, done.rescues) == ("success", 1, 3)
+
+
 def test_a_running_row_at_attempt_0_is_rescued_beside_the_others():
     # A `process` row at attempt 0 (written by hand, or by an older version): taking one
     # off its attempt would break the column's non-negative constraint and fail the
