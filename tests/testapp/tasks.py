@@ -176,6 +176,16 @@ def bad_result_with_retries(key: str) -> Any:
     return object()
 
 
+@app.task(name="tests.deep_result", retry=3, retry_backoff=0)
+def deep_result(key: str, depth: int) -> Any:
+    """Returns a list nested ``depth`` deep: past what the JSON encoder can recurse into."""
+    Execution.objects.create(key=key)
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 @app.task(name="tests.async_progress", echo=True)
 async def async_progress(self: Any) -> str:
     await self.ctx.aset_progress(3, 4, "nearly")
