@@ -35,11 +35,13 @@ MAX_COMPLETION_BATCH = 500
 
 
 class Done(NamedTuple):
-    """A task's outcome on its way to the database."""
+    """A task's outcome on its way to the database. ``registered`` is False for a row
+    naming a task this worker does not know: no code of it ran, so no signal is sent."""
 
     task: Task
     outcome: Outcome
     duration: float
+    registered: bool = True
 
 
 class Completer:
@@ -110,7 +112,10 @@ class Completer:
             if not ok:
                 continue
             self.counters.record(task, outcome.status, done.duration)
-            signals.send_from_worker(signals.task_finished, self.sender, task=task, outcome=outcome)
+            if done.registered:
+                signals.send_from_worker(
+                    signals.task_finished, self.sender, task=task, outcome=outcome
+                )
             if outcome.lost:
                 continue  # the rescue logged it (storage: "Task ... rescued: ...")
             level = logging.WARNING if outcome.status == TaskStatus.ERROR else logging.INFO

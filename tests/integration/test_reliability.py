@@ -99,6 +99,44 @@ def test_the_tasks_of_one_dead_worker_come_back_spread_out():
     assert due[-1] - due[0] > dt.timedelta(seconds=0.2)
 
 
+def test_the_snapshot_counts_the_rescues_from_enqueue_to_claim_to_the_end(run_worker):
+    assert tasks.record.add_task("fresh").rescues == 0
+    lost = stale_running("dead-worker", rescues=1)
+    app.broker.rescue()
+    assert app.get(lost.uuid).rescues == 2
+    # Whatever reads the row: a claim's snapshot too (it reads the column back).
+    [claimed] = app.broker.claim("w-next", None, 5, uuids=[lost.uuid])
+    assert (claimed.attempt, claimed.rescues) == (1, 2)
+    assert app.broker.rescue("w-next") == [(lost.uuid, "retry")]
+    run_worker()
+    done = app.get(lost.uuid)
+    assert (done.status, done.attempt, done.rescues) == ("success", 1, 3)
+
+
+def test_a_running_row_at_attempt_0_is_rescued_beside_the_others():
+    # A `process` row at attempt 0 (written by hand, or by an older version): taking one
+    # off its attempt would break the column's non-negative constraint and fail the
+    # whole statement, every time, so that no task would ever be rescued.
+    odd = stale_running("dead-worker", attempt=0)
+    lost = stale_running("dead-worker", attempt=1)
+    assert sorted(app.broker.rescue()) == sorted([(odd.uuid, "retry"), (lost.uuid, "retry")])
+    odd.refresh_from_db()
+    lost.refresh_from_db()
+    assert (odd.status, odd.attempt, odd.rescues) == ("retry", 0, 1)
+    assert (lost.status, lost.attempt, lost.rescues) == ("retry", 0, 1)
+
+
+def test_rows_handed_back_unstarted_keep_their_attempt_and_never_go_below_0():
+    odd = stale_running("leaving", attempt=0)
+    first = stale_running("leaving", attempt=1)
+    later = stale_running("leaving", attempt=3)
+    assert app.broker.release("leaving", [odd.uuid, first.uuid, later.uuid]) == 3
+    rows = TaskRecord.objects.in_bulk([odd.uuid, first.uuid, later.uuid])
+    back = [(rows[t.uuid].status, rows[t.uuid].attempt, rows[t.uuid].worker_id)
+            for t in (odd, first, later)]  # fmt: skip
+    assert back == [("new", 0, ""), ("new", 0, ""), ("retry", 2, "")]
+
+
 @override_settings(QTASKS={"MAX_RESCUES": 0})
 def test_no_rescue_allowed_ends_the_first_lost_run_in_error():
     lost = stale_running("dead-worker")
