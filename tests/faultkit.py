@@ -164,13 +164,14 @@ class Site:
         self.settings = settings or {}
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def env(self, database_url: str | None = None) -> dict[str, str]:
+    def env(self, database_url: str | None = None, **more: str) -> dict[str, str]:
         env = {
             **os.environ,
             "DATABASE_URL": database_url or self.database_url,
             "PYTHONPATH": str(ROOT),
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             "QTASKS_TEST_SETTINGS": json.dumps(self.settings),
+            **more,
         }
         env.pop("QTASKS_TEST_DB_NAME", None)
         return env
@@ -187,7 +188,8 @@ class Site:
         self.manage("migrate", "-v", "0")
 
     def enqueue(self, count: int, *, prefix: str = "k", seconds: float = 0.02,
-                queue: str = "default", task: str = "tests.work") -> list[str]:  # fmt: skip
+                queue: str = "default", task: str = "tests.work",
+                priority: int = 0) -> list[str]:  # fmt: skip
         """``count`` plain tasks (keys ``prefix0``...), in one transaction; their keys."""
         keys = [f"{prefix}{n}" for n in range(count)]
         code = (
@@ -195,18 +197,22 @@ class Site:
             "from django_qtasks import app\n"
             "with transaction.atomic():\n"
             f"    for key in {keys!r}:\n"
-            f"        app.add_task({task!r}, key, {seconds!r}, queue={queue!r})\n"
+            f"        app.add_task({task!r}, key, {seconds!r}, queue={queue!r}, "
+            f"priority={priority!r})\n"
         )
         self.manage("shell", "-c", code)
         return keys
 
     def start_worker(self, *args: str, log: Path, prefix: Sequence[str] = (),
-                     database_url: str | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
-        """A real ``qtasks_worker``; ``prefix`` runs it elsewhere (``ip netns exec``)."""
+                     database_url: str | None = None,
+                     env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
+        """A real ``qtasks_worker``; ``prefix`` runs it elsewhere (``ip netns exec``),
+        ``env`` adds to its environment."""
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 [*prefix, sys.executable, "-m", "django", "qtasks_worker", *args],
-                cwd=ROOT, env=self.env(database_url), stdout=out, stderr=subprocess.STDOUT,
+                cwd=ROOT, env=self.env(database_url, **(env or {})), stdout=out,
+                stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.procs.append(proc)
         return proc

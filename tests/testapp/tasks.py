@@ -340,6 +340,22 @@ def raise_operational_error() -> None:
 def work(key: str, seconds: float = 0.02) -> list[Any]:
     """A plain task (no retries) for the fault tests: some work, then its side effect;
     returns its key and the pid of the process that ran it (whose result was stored)."""
+    return _work(key, seconds)
+
+
+@app.task(name="tests.work_held")
+def work_held(key: str, seconds: float = 0.02) -> list[Any]:
+    """``tests.work``, but on a worker started with ``$QTASKS_TEST_HOLD`` (a path) it
+    first waits until that file exists (two minutes at most): the test decides when that
+    worker's run ends, while the same task runs through at once on any other worker."""
+    hold = os.environ.get("QTASKS_TEST_HOLD")
+    deadline = time.monotonic() + 120
+    while hold and not Path(hold).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return _work(key, seconds)
+
+
+def _work(key: str, seconds: float) -> list[Any]:
     time.sleep(seconds)
     Execution.objects.create(key=key, started=time.time(), finished=time.time())
     return [key, os.getpid()]
