@@ -186,6 +186,27 @@ def deep_result(key: str, depth: int) -> Any:
     return value
 
 
+class StrRaises(Exception):
+    """An exception whose ``str()`` raises another error."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+class StrRaisesItself(Exception):
+    """An exception whose ``str()`` raises one of its own kind, whose ``str()`` ..."""
+
+    def __str__(self) -> str:
+        raise StrRaisesItself()
+
+
+@app.task(name="tests.raise_unprintable", retry=1, retry_backoff=0)
+def raise_unprintable(key: str, itself: bool) -> None:
+    """Raises an exception that cannot be described by ``str()``."""
+    Execution.objects.create(key=key)
+    raise StrRaisesItself() if itself else StrRaises()
+
+
 @app.task(name="tests.async_progress", echo=True)
 async def async_progress(self: Any) -> str:
     await self.ctx.aset_progress(3, 4, "nearly")
