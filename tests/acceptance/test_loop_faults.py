@@ -94,3 +94,27 @@ def test_a_loop_survives_failed_rounds_and_loses_no_task(
     assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     assert exit_code(proc, log) == 0
+
+
+def test_an_outcome_that_cannot_be_stored_has_its_run_handed_back(
+    worker_processes: WorkerProcesses, tmp_path: Path
+) -> None:
+    """Every try of the outcome's write fails: the run is rescued and runs again."""
+    worker_processes.env["QTASKS_TEST_SETTINGS"] = json.dumps(
+        {"BROKER": "tests.testapp.faulty.FaultyBroker", **BEATS}
+    )
+    worker_processes.env["QTASKS_TEST_FAULTS"] = json.dumps({"finish_many": [0, 1, 2]})
+    task = app.add_task("tests.record", "once-more")
+    log = tmp_path / "worker.log"
+    proc = worker_processes.start("--concurrency", "1", "--burst", *FAST, log=log)
+
+    assert exit_code(proc, log) == 0
+    row = TaskRecord.objects.get(uuid=task.uuid)
+    assert (row.status, row.rescues, row.attempt) == ("success", 1, 1)
+    assert executions(["once-more"]) == {"once-more": 2}  # at-least-once
+    assert row.errors[0]["message"].startswith(
+        "Task lost: its worker could not store its outcome. Rescued"
+    )
+    assert len(log_lines(log, "ERROR")) == 1
+    assert f"Task {task.uuid}: its outcome (success) could not be stored; the run was " \
+        "handed back" in log_text(log)
