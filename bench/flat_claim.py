@@ -97,8 +97,8 @@ def claim_plan() -> str:
 
     app.add_task("bench.noop")
     with connection.execute_wrapper(spy):
-        claimed = app.broker.claim("w-plan", None, 1)
-    app.broker.finish_many([(task, _success()) for task in claimed])
+        claimed = app.broker.storage.claim("w-plan", None, 1)
+    app.broker.storage.finish_many([(task, _success()) for task in claimed])
     sql, params = seen[0]
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN " + sql, params)

@@ -49,6 +49,7 @@ from django_qtasks.exceptions import QTasksError
 from django_qtasks.global_config.counters import METRICS
 from django_qtasks.global_config.shapes import queue_flag_fault
 from django_qtasks.models import ACTIVE_STATUSES, ConfigEntry, TaskRecord, TaskStatus
+from django_qtasks.settings import get_settings
 from django_qtasks.storage.interface import QUEUES, WORKERS
 from django_qtasks.templatetags.qtasks_admin import EMPTY
 from django_qtasks.templatetags.qtasks_admin import qtasks_duration as format_duration
@@ -204,7 +205,7 @@ class TaskRecordAdmin(TaskRecordAdminBase):
             None,
             {
                 "fields": (
-                    ("status_badge", "attempts", "queue", "priority"),
+                    ("status_badge", "attempts", "rescue_count", "queue", "priority"),
                     "task_name",
                     "uuid",
                     ("tags", "unique_key", "cancel_state"),
@@ -233,6 +234,7 @@ class TaskRecordAdmin(TaskRecordAdminBase):
         "status_badge",
         "task",
         "attempts",
+        "rescue_count",
         "duration",
         "cancel_state",
         "created_time",
@@ -326,9 +328,26 @@ class TaskRecordAdmin(TaskRecordAdminBase):
         return _short_time(task.finished_at)
 
     @admin.display(description=gettext_lazy("attempt"))
-    def attempts(self, task: TaskRecord) -> str:
-        """Attempts made / attempts allowed (one run plus ``max_retries`` retries)."""
-        return f"{task.attempt}/{task.max_retries + 1}"
+    def attempts(self, task: TaskRecord) -> SafeString | str:
+        """Attempts made / attempts allowed (one run plus ``max_retries`` retries), and
+        below them how often a run was lost to its worker (rescues spend no attempt)."""
+        made = f"{task.attempt}/{task.max_retries + 1}"
+        if not task.rescues:
+            return made
+        return format_html(
+            '{}<span class="qtasks-sub">{}</span>',
+            made,
+            ngettext("rescued %(n)d time", "rescued %(n)d times", task.rescues)
+            % {"n": task.rescues},
+        )
+
+    @admin.display(description=gettext_lazy("rescues"))
+    def rescue_count(self, task: TaskRecord) -> str:
+        """Runs lost to the worker / QTASKS["MAX_RESCUES"]: one more ends the task."""
+        return _("%(n)d of %(allowed)d allowed") % {
+            "n": task.rescues,
+            "allowed": get_settings().max_rescues,
+        }
 
     @admin.display(description=gettext_lazy("duration"))
     def duration(self, task: TaskRecord) -> str:

@@ -77,6 +77,10 @@ class Task:
     cancel_requested: bool
     progress: dict[str, Any] | None
     tags: list[str]
+    # Runs lost to the worker, not to the task (its worker died, the database cut its
+    # connection): each sent the task back to waiting without spending an attempt, up
+    # to QTASKS["MAX_RESCUES"] (docs/reliability.md#the-rescue-allowance).
+    rescues: int = 0
     # Chains and groups: see TaskRecord and docs/workflows.md. A finished task with a
     # ``flow_id`` may release (or cancel) the next stage of its flow.
     flow_id: UUID | None = None

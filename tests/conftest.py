@@ -5,6 +5,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -29,6 +30,34 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for item in items:
             if marker in item.keywords:
                 item.add_marker(skip)
+
+
+# The fault tests' summary lines for the terminal ($QTASKS_FAULT_REPORT=- or 1, see
+# tests/faultkit.py): each test's lines ride on its report (under pytest-xdist, from the
+# worker process to the one that writes the terminal), and are listed at the end.
+FAULT_LINES = "fault_report"
+_fault_lines: list[str] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    faultkit = sys.modules.get("tests.faultkit")
+    if faultkit is not None and faultkit.REPORTED:
+        report.user_properties.extend((FAULT_LINES, line) for line in faultkit.REPORTED)
+        faultkit.REPORTED.clear()
+    return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _fault_lines.extend(value for key, value in report.user_properties if key == FAULT_LINES)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _fault_lines:
+        terminalreporter.section("fault report")
+        for line in _fault_lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture

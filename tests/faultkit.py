@@ -32,8 +32,14 @@ ROOT = Path(__file__).resolve().parent.parent
 TASKS = TaskRecord._meta.db_table
 EXECUTIONS = Execution._meta.db_table
 CONFIG = ConfigEntry._meta.db_table
-#: Where each fault test appends its summary line (``make test`` prints none of them).
+#: Where each fault test's summary line goes, besides the test's own output (which
+#: pytest shows only with ``-s``): ``-`` or ``1`` is the terminal (the lines are listed
+#: at the end of pytest's output, see tests/conftest.py), any other value a file the
+#: lines are appended to.
 REPORT = os.environ.get("QTASKS_FAULT_REPORT", "")
+TO_TERMINAL = REPORT in ("-", "1")
+#: The lines for the terminal that the current test reported, not yet handed to pytest.
+REPORTED: list[str] = []
 
 
 def pg_bindir() -> Path | None:
@@ -158,13 +164,14 @@ class Site:
         self.settings = settings or {}
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def env(self, database_url: str | None = None) -> dict[str, str]:
+    def env(self, database_url: str | None = None, **more: str) -> dict[str, str]:
         env = {
             **os.environ,
             "DATABASE_URL": database_url or self.database_url,
             "PYTHONPATH": str(ROOT),
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             "QTASKS_TEST_SETTINGS": json.dumps(self.settings),
+            **more,
         }
         env.pop("QTASKS_TEST_DB_NAME", None)
         return env
@@ -181,7 +188,8 @@ class Site:
         self.manage("migrate", "-v", "0")
 
     def enqueue(self, count: int, *, prefix: str = "k", seconds: float = 0.02,
-                queue: str = "default", task: str = "tests.work") -> list[str]:  # fmt: skip
+                queue: str = "default", task: str = "tests.work",
+                priority: int = 0) -> list[str]:  # fmt: skip
         """``count`` plain tasks (keys ``prefix0``...), in one transaction; their keys."""
         keys = [f"{prefix}{n}" for n in range(count)]
         code = (
@@ -189,18 +197,22 @@ class Site:
             "from django_qtasks import app\n"
             "with transaction.atomic():\n"
             f"    for key in {keys!r}:\n"
-            f"        app.add_task({task!r}, key, {seconds!r}, queue={queue!r})\n"
+            f"        app.add_task({task!r}, key, {seconds!r}, queue={queue!r}, "
+            f"priority={priority!r})\n"
         )
         self.manage("shell", "-c", code)
         return keys
 
     def start_worker(self, *args: str, log: Path, prefix: Sequence[str] = (),
-                     database_url: str | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
-        """A real ``qtasks_worker``; ``prefix`` runs it elsewhere (``ip netns exec``)."""
+                     database_url: str | None = None,
+                     env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
+        """A real ``qtasks_worker``; ``prefix`` runs it elsewhere (``ip netns exec``),
+        ``env`` adds to its environment."""
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 [*prefix, sys.executable, "-m", "django", "qtasks_worker", *args],
-                cwd=ROOT, env=self.env(database_url), stdout=out, stderr=subprocess.STDOUT,
+                cwd=ROOT, env=self.env(database_url, **(env or {})), stdout=out,
+                stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.procs.append(proc)
         return proc
@@ -291,11 +303,13 @@ def tally(statuses: dict[str, str], runs: dict[str, int], keys: Sequence[str]) -
 
 
 def report(name: str, numbers: dict[str, Any]) -> str:
-    """Print the fault test's summary line (shown with ``-s``) and append it to
-    ``$QTASKS_FAULT_REPORT`` when set."""
+    """Print the fault test's summary line (shown with ``-s``) and send it where
+    ``$QTASKS_FAULT_REPORT`` says (see REPORT)."""
     line = f"FAULT {name}: " + " ".join(f"{key}={value}" for key, value in numbers.items())
     print(line)
-    if REPORT:
+    if TO_TERMINAL:
+        REPORTED.append(line)
+    elif REPORT:
         with open(REPORT, "a") as out:
             out.write(line + "\n")
     return line

@@ -301,7 +301,7 @@ class BaseQueueTasks:
         timeout = validate_timeout(timeout)
         if timeout is not None:
             self._check_can_wait(immediate=immediate)  # before anything is written
-        task, created = self.broker.add(spec)
+        task, created = self.broker.storage.add(spec)
         if created:
             signals.task_enqueued.send(sender=type(self), task=task)
             if immediate:
@@ -382,7 +382,7 @@ class BaseQueueTasks:
             specs.append(builder.build(args, kwargs, run_after=run_at))
         if not specs:
             return []
-        tasks = self.broker.add_many(specs)
+        tasks = self.broker.storage.add_many(specs)
         if signals.task_enqueued.has_listeners(type(self)):
             for task in tasks:
                 signals.task_enqueued.send(sender=type(self), task=task)
@@ -391,12 +391,12 @@ class BaseQueueTasks:
         return tasks
 
     def sync_get(self, uuid: uuid_lib.UUID | str) -> Task | None:
-        return self.broker.get(uuid)
+        return self.broker.storage.get(uuid)
 
     def retry(self, uuid: uuid_lib.UUID | str) -> Task | None:
         """Send a failed or cancelled task back to the queue for one more attempt (at
         least); its error history is kept. Other tasks are left as they are."""
-        return self.broker.requeue(uuid)
+        return self.broker.storage.requeue(uuid)
 
     def pause_queue(self, queue: str) -> None:
         """Workers stop claiming from ``queue`` within a heartbeat interval; running tasks
@@ -416,13 +416,13 @@ class BaseQueueTasks:
     def sync_cancel(self, uuid: uuid_lib.UUID | str, reason: str = "") -> Task | None:
         """Cancel a task: a waiting one at once (it never runs); a running one is asked to
         stop and ends ``cancel`` at its next cancellation point (async tasks: at once)."""
-        return self.broker.cancel(uuid, reason)
+        return self.broker.storage.cancel(uuid, reason)
 
     def wait(self, uuid: uuid_lib.UUID | str, timeout: float | None = None) -> Task:
         """Block until the task is finished; raise :class:`ResultTimeout` after ``timeout``."""
         waiter = _Waiter(self, uuid, timeout)
         while True:
-            step = waiter.check(self.broker.get(uuid))
+            step = waiter.check(self.broker.storage.get(uuid))
             if isinstance(step, Task):
                 return step
             time.sleep(step)
@@ -431,7 +431,7 @@ class BaseQueueTasks:
         """The async twin of :meth:`wait`: polls without holding a thread between reads."""
         waiter = _Waiter(self, uuid, timeout)
         while True:
-            step = waiter.check(await sync_to_async(self.broker.get)(uuid))
+            step = waiter.check(await sync_to_async(self.broker.storage.get)(uuid))
             if isinstance(step, Task):
                 return step
             await asyncio.sleep(step)

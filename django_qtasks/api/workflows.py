@@ -238,7 +238,7 @@ def _enqueue(
             )
 
     def store() -> FlowResult:
-        tasks = iter(app.broker.add_flow(specs))
+        tasks = iter(app.broker.storage.add_flow(specs))
         stored = tuple(tuple(next(tasks) for _ in calls) for calls, _ in stages)
         if signals.task_enqueued.has_listeners(type(app)):
             for stage in stored:

@@ -23,6 +23,7 @@ from django_qtasks.global_config.shapes import queue_flag_fault, worker_fault
 from django_qtasks.models import FINISHED_STATUSES
 from django_qtasks.settings import QTasksSettings, import_component
 from django_qtasks.signals import component_started, component_stopped
+from django_qtasks.storage.build import storage_class
 from django_qtasks.storage.cursors import session_state_wanted
 from django_qtasks.storage.interface import QUEUES, WORKERS, BaseStorage, LastRun
 from django_qtasks.values import Outcome, Task, TaskSpec
@@ -33,9 +34,7 @@ def build_broker(settings: QTasksSettings) -> BaseBroker:
     global_config: BaseGlobalConfig = import_component(settings, "global_config", BaseGlobalConfig)(
         settings
     )
-    storage: BaseStorage = import_component(settings, "storage", BaseStorage)(
-        settings, global_config
-    )
+    storage = storage_class(settings)(settings, global_config)
     broker: BaseBroker = import_component(settings, "broker", BaseBroker)(settings, storage)
     return broker
 

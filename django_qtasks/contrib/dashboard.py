@@ -384,7 +384,7 @@ def schedules(now: dt.datetime | None = None) -> tuple[list[ScheduleRow], str]:
         return [], str(exc)
     if not found:
         return [], ""
-    last = app.broker.last_schedule_runs([s.name for s in found])
+    last = app.broker.storage.last_schedule_runs([s.name for s in found])
     uuids = [run.task_uuid for run in last.values() if run.task_uuid is not None]
     statuses = reads.statuses(_alias(), uuids)
     rows = []

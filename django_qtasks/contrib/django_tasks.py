@@ -29,7 +29,7 @@ from django_qtasks.api.task import BaseTask, TaskOptions, is_async_callable
 from django_qtasks.models import TaskStatus
 from django_qtasks.values import Outcome, Task
 from django_qtasks.worker.context import TaskSelf
-from django_qtasks.worker.executor import NotJSONResult
+from django_qtasks.worker.executor import not_json_result
 
 if TYPE_CHECKING or django.VERSION >= (6, 0):
     from django.tasks import TaskContext, TaskResult, TaskResultStatus, task_backends
@@ -200,10 +200,8 @@ def _json_result(value: Any) -> Any:
     it cannot take is a bug in the task, never retried."""
     try:
         return normalize_json(value)
-    except (TypeError, ValueError) as exc:
-        raise NotJSONResult(
-            f"The task returned a {type(value).__name__}, which cannot be stored as JSON: {exc}"
-        ) from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise not_json_result(value, exc) from None
 
 
 def _runner(django_task: AnyDjangoTask) -> Callable[..., Any]:

@@ -78,7 +78,7 @@ def run_task(
     ran = InlineWorker(app).run_task(uuid, retries=retries)
     if ran is not None:
         return ran
-    current = app.broker.get(uuid)
+    current = app.broker.storage.get(uuid)
     if current is None:
         raise TaskNotFound(f"No task with uuid {uuid}.")
     raise NotWaiting(f"Task {_describe(current)} is {current.status!r}: nothing to run.")

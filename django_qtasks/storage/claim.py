@@ -33,7 +33,7 @@ from django_qtasks.storage.rows import (
     _snapshot_from_row,
     claim_converters,
 )
-from django_qtasks.storage.table import TableStorage
+from django_qtasks.storage.table import ATTEMPT_BEFORE, TableStorage
 from django_qtasks.values import Outcome, Task
 
 logger = logging.getLogger("django_qtasks.storage")
@@ -337,7 +337,7 @@ class ClaimMixin(TableStorage):
             ]
             if uuids:
                 cursor.execute(
-                    f"UPDATE {table} SET status = %s, attempt = attempt - 1, worker_id = '', "
+                    f"UPDATE {table} SET status = %s, attempt = {ATTEMPT_BEFORE}, worker_id = '', "
                     f"started_at = NULL, updated_at = %s WHERE uuid IN "
                     f"({', '.join(['%s'] * len(uuids))}) "
                     f"AND status = '{TaskStatus.PROCESS.value}' AND worker_id = %s",

@@ -116,8 +116,9 @@ def _spent(attempt: Any) -> Any:
 class MySQLStorage(DjangoStorage):
     """:class:`~django_qtasks.storage.DjangoStorage` on MariaDB or MySQL.
 
-    ``DjangoStorage`` becomes this class by itself when its database is MariaDB or
-    MySQL, so ``QTASKS["STORAGE"]`` needs no change."""
+    The default ``QTASKS["STORAGE"]`` (``DjangoStorage``) builds this class when its
+    database is MariaDB or MySQL (:mod:`django_qtasks.storage.build`), so the setting
+    needs no change."""
 
     def start(self) -> None:
         problem = version_problem(connections[self.alias])

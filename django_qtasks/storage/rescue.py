@@ -28,7 +28,7 @@ from django_qtasks.models import (
 from django_qtasks.storage.flows import FlowMixin
 from django_qtasks.storage.interface import WORKERS
 from django_qtasks.storage.rows import _as_uuid
-from django_qtasks.storage.table import _NOW, CANCELLED, WORKER_LOST
+from django_qtasks.storage.table import _NOW, ATTEMPT_BEFORE, CANCELLED, WORKER_LOST
 from django_qtasks.values import Task
 
 logger = logging.getLogger("django_qtasks.storage")
@@ -121,7 +121,7 @@ class RescueMixin(FlowMixin):
             (f"status = CASE WHEN {spent} THEN %s ELSE %s END",
              [allowance, TaskStatus.ERROR.value, TaskStatus.RETRY.value]),
             (f"finished_at = CASE WHEN {spent} THEN %s ELSE NULL END", [allowance, _NOW]),
-            (f"attempt = CASE WHEN {spent} THEN attempt ELSE attempt - 1 END", [allowance]),
+            (f"attempt = CASE WHEN {spent} THEN attempt ELSE {ATTEMPT_BEFORE} END", [allowance]),
             ("run_after = %s", [due]),
             (f"traceback = {message[0]}", message[1]),
             ("rescues = rescues + 1", []),
@@ -198,7 +198,7 @@ class RescueMixin(FlowMixin):
                 f"UPDATE {table} SET status = CASE WHEN cancel_requested THEN %s "
                 "WHEN attempt <= 1 THEN %s ELSE %s END, "
                 "finished_at = CASE WHEN cancel_requested THEN %s ELSE NULL END, "
-                "attempt = attempt - 1, worker_id = '', started_at = NULL, updated_at = %s "
+                f"attempt = {ATTEMPT_BEFORE}, worker_id = '', started_at = NULL, updated_at = %s "
                 f"WHERE uuid IN ({', '.join(['%s'] * len(uuids))}) "
                 f"AND status = '{TaskStatus.PROCESS.value}' AND worker_id = %s",
                 [

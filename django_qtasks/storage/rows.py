@@ -139,6 +139,7 @@ def _new_rows(
                 "errors": [],
                 "attempt": 0,
                 "max_retries": spec.max_retries,
+                "rescues": 0,
                 "run_after": run_after,
                 "created_at": now,
                 "updated_at": now,
@@ -268,9 +269,9 @@ def _insert_fields() -> list[Any]:
 # times), and every column not read is a value not parsed.
 _CLAIM_COLUMNS = (
     "uuid", "task_name", "priority", "queue", "args", "kwargs", "traceback", "errors",
-    "attempt", "max_retries", "run_after", "created_at", "unique_key", "cancel_requested",
-    "progress", "tags", "flow_id", "flow_stage", "flow_index", "concurrency_key",
-    "max_concurrency",
+    "attempt", "max_retries", "rescues", "run_after", "created_at", "unique_key",
+    "cancel_requested", "progress", "tags", "flow_id", "flow_stage", "flow_index",
+    "concurrency_key", "max_concurrency",
 )  # fmt: skip
 _CLAIM_JSON = tuple(
     name for name in _CLAIM_COLUMNS if name in {"args", "kwargs", "errors", "progress", "tags"}

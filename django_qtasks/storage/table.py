@@ -36,6 +36,11 @@ CANCELLED = "django_qtasks.exceptions.TaskCancelled"
 # A message for an error entry: plain text, or an SQL expression and its parameters.
 Message = str | tuple[str, list[Any]]
 _NOW = object()  # stands for "the time of the statement" in _update_with_error
+# The attempt before the claim that made it, for a run handed back unspent (rescued,
+# released, a claim undone). Never below 0: a `process` row at attempt 0 (written by
+# hand, or by an older version) would break the column's constraint (MariaDB's unsigned
+# column refuses even to compute ``0 - 1``) and fail the whole statement, every time.
+ATTEMPT_BEFORE = "CASE WHEN attempt > 0 THEN attempt - 1 ELSE 0 END"
 
 
 class TableStorage(BaseStorage):

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from django.db import DatabaseError
 from django.utils import timezone
 
+from django_qtasks.worker.faults import FailureStreak
+
 if TYPE_CHECKING:
     from django_qtasks.broker.broker import BaseBroker
     from django_qtasks.values import Task
@@ -58,52 +60,72 @@ class ClaimLoop:
         self.on_claimed = on_claimed
         # Set from the heartbeat: queues paused by an operator are not claimed from.
         self.paused: frozenset[str] = frozenset()
+        self.faults = FailureStreak("The claim loop", logger, action="claim_loop_failed")
+        self._db_failures = 0  # failed claims in a row (database errors)
+        self._orphans = False  # a round failed: its claim may have marked rows ours
 
     def run(self, stop: threading.Event) -> None:
+        """Claim rounds until stopped. A round that fails with an error that is not the
+        database's (a bug, a plug-in's) is logged once per streak (:mod:`.faults`), and
+        the next one comes after a short pause; its claim may have marked rows this
+        worker's without its knowing, so those are handed back first."""
+        while not stop.is_set():
+            try:
+                if self._round(stop):
+                    return
+            except Exception:
+                self._orphans = True
+                stop.wait(self.faults.failed())
+            else:
+                self.faults.succeeded()
+
+    def _round(self, stop: threading.Event) -> bool:
+        """One claim and its hand-out, then a wait if the queue ran dry; True when a
+        burst is over."""
         broker = self.broker
         slots = self.slots
-        failures = 0
-        while not stop.is_set():
-            free = slots.wait_for_free(stop)
-            self.hand_back_stale()
-            if free == 0 or stop.is_set():
-                continue
-            free = self.claim_limit(free, stop)
-            if free == 0:
-                continue
-            # Burst mode may end only if nothing was held *before* this claim: an outcome
-            # stored after it (a retry, say) would otherwise be left behind.
-            idle_before = not slots.in_flight
-            try:
-                if failures:
-                    self._reclaim_orphans()
-                claimed = broker.claim(self.worker_id, self.queues, free, exclude=self.paused)
-                failures = 0
-                self.retry.reached()
-            except DatabaseError:
-                failures += 1
-                self.retry.after_failed_claim(failures, stop)
-                continue
-            if claimed:
-                self.on_claimed(claimed)
-                for task in slots.take(claimed):
-                    self.dispatch(task)
-                if len(claimed) < free and not self.burst:
-                    # The claim found fewer ready tasks than free threads: the queue is
-                    # empty for now. Wait for the next enqueue (at once through LISTEN)
-                    # instead of claiming again at once: this thread then blocks right
-                    # away, so the threads just handed a task get the GIL without
-                    # waiting for it, and an idle worker sends one claim per wake-up,
-                    # not two. What no enqueue announces (a retry due now, a rescue) is
-                    # found by the claim after this short wait.
-                    broker.wait_for_work(AFTER_PARTIAL_CLAIM, stop, self.queues)
-                continue
-            if self.burst:
-                if idle_before:
-                    return
-                slots.wait_for_change(stop)
-                continue
-            broker.wait_for_work(self._idle_for(), stop, self.queues)
+        free = slots.wait_for_free(stop)
+        self.hand_back_stale()
+        if free == 0 or stop.is_set():
+            return False
+        free = self.claim_limit(free, stop)
+        if free == 0:
+            return False
+        # Burst mode may end only if nothing was held *before* this claim: an outcome
+        # stored after it (a retry, say) would otherwise be left behind.
+        idle_before = not slots.in_flight
+        try:
+            if self._db_failures or self._orphans:
+                self._reclaim_orphans()
+                self._orphans = False
+            claimed = broker.claim(self.worker_id, self.queues, free, exclude=self.paused)
+            self._db_failures = 0
+            self.retry.reached()
+        except DatabaseError:
+            self._db_failures += 1
+            self.retry.after_failed_claim(self._db_failures, stop)
+            return False
+        if claimed:
+            self.on_claimed(claimed)
+            for task in slots.take(claimed):
+                self.dispatch(task)
+            if len(claimed) < free and not self.burst:
+                # The claim found fewer ready tasks than free threads: the queue is
+                # empty for now. Wait for the next enqueue (at once through LISTEN)
+                # instead of claiming again at once: this thread then blocks right
+                # away, so the threads just handed a task get the GIL without
+                # waiting for it, and an idle worker sends one claim per wake-up,
+                # not two. What no enqueue announces (a retry due now, a rescue) is
+                # found by the claim after this short wait.
+                broker.wait_for_work(AFTER_PARTIAL_CLAIM, stop, self.queues)
+            return False
+        if self.burst:
+            if idle_before:
+                return True
+            slots.wait_for_change(stop)
+            return False
+        broker.wait_for_work(self._idle_for(), stop, self.queues)
+        return False
 
     def _reclaim_orphans(self) -> None:
         """After a failed claim, hand back rows the claim may have marked ours anyway
@@ -140,6 +162,9 @@ class ClaimLoop:
             )
             self.slots.put_back(tasks)
             return
+        except Exception:
+            self.slots.put_back(tasks)  # not lost: held, and handed back as the worker leaves
+            raise
         logger.debug(
             "Handed back %d claimed task(s) that had not started: %s",
             len(tasks),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue as queue_lib
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -21,6 +22,7 @@ from django_qtasks import signals
 from django_qtasks.log import task_fields
 from django_qtasks.models import TaskStatus
 from django_qtasks.values import Outcome
+from django_qtasks.worker.faults import FailureStreak
 
 if TYPE_CHECKING:
     from django_qtasks.broker.broker import BaseBroker
@@ -32,14 +34,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger("django_qtasks.worker")
 
 MAX_COMPLETION_BATCH = 500
+# Tries of a batch whose storing fails with an error that is not the database's (with
+# the pauses of :mod:`.faults` between them) before each outcome is tried alone.
+STORE_TRIES = 3
 
 
 class Done(NamedTuple):
-    """A task's outcome on its way to the database."""
+    """A task's outcome on its way to the database. ``registered`` is False for a row
+    naming a task this worker does not know: no code of it ran, so no signal is sent."""
 
     task: Task
     outcome: Outcome
     duration: float
+    registered: bool = True
 
 
 class Completer:
@@ -67,6 +74,7 @@ class Completer:
         # SimpleQueue: a C queue without a Condition; the hand-offs are on the hot path.
         self._queue: queue_lib.SimpleQueue[Done | None] = queue_lib.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name="qtasks-completer", daemon=True)
+        self.faults = FailureStreak("Storing outcomes", logger, action="completer_failed")
 
     def start(self) -> None:
         self._thread.start()
@@ -95,7 +103,11 @@ class Completer:
                         self._queue.put(None)  # stop after this batch
                         break
                     batch.append(more)
-                self.store(batch)
+                try:
+                    self.store(batch)
+                except Exception:  # after the write (a hook, a log handler): free the slots
+                    self.faults.failed()
+                    self.slots.release(done.task.uuid for done in batch)
         finally:
             connections.close_all()
 
@@ -110,7 +122,10 @@ class Completer:
             if not ok:
                 continue
             self.counters.record(task, outcome.status, done.duration)
-            signals.send_from_worker(signals.task_finished, self.sender, task=task, outcome=outcome)
+            if done.registered:
+                signals.send_from_worker(
+                    signals.task_finished, self.sender, task=task, outcome=outcome
+                )
             if outcome.lost:
                 continue  # the rescue logged it (storage: "Task ... rescued: ...")
             level = logging.WARNING if outcome.status == TaskStatus.ERROR else logging.INFO
@@ -128,7 +143,7 @@ class Completer:
                 ),
             )
 
-    def _write(self, batch: list[Done]) -> list[bool]:
+    def _write(self, batch: list[Done], tries: int = STORE_TRIES) -> list[bool]:
         """``finish_many``, riding out a dropped connection or a database restart.
 
         It only changes rows this worker still holds, so a retry after a lost reply
@@ -136,6 +151,11 @@ class Completer:
         timeout, the tasks are rescued and run again elsewhere (at-least-once). An
         outcome the database refuses for good (say, a NUL character in a result) is
         stored as an ``error`` that says so, instead of being retried for nothing.
+
+        An error that is not the database's (a bug, a plug-in's) is logged once per
+        streak (:mod:`.faults`) and the batch tried again after a short pause, up to
+        ``tries`` times; then each outcome alone, and the run of one that still
+        cannot be stored is handed back (rescued: it runs again, its attempt unspent).
         """
         uuids = [str(done.task.uuid) for done in batch]
         try:
@@ -159,7 +179,39 @@ class Completer:
             )
             failed = Outcome(status=TaskStatus.ERROR, **_unstorable(exc))
             return self._write([Done(done.task, failed, done.duration)])
+        except Exception:
+            delay = self.faults.failed(task_uuids=uuids)
+            if tries > 1:
+                time.sleep(delay)
+                return self._write(batch, tries - 1)
+            if len(batch) > 1:  # a bad one fails alone
+                return [ok for done in batch for ok in self._write([done], tries=1)]
+            self._hand_back(batch[0])
+            return [False]
+        self.faults.succeeded()
         return [False] * len(batch) if stored is None else stored
+
+    def _hand_back(self, done: Done) -> None:
+        """The outcome cannot be stored: the run goes back to the queue instead (a
+        rescue, so a task whose outcome never stores stops after ``MAX_RESCUES``)."""
+        why = "its worker could not store its outcome"
+        try:
+            handed = self.broker.rescue_run(done.task, why) is not None
+        except Exception:
+            logger.exception(
+                "Task %s: neither its outcome nor its hand-back could be stored; it is "
+                "rescued once this worker has left",
+                done.task.uuid,
+                extra=task_fields(done.task, action="finish_abandoned"),
+            )
+            return
+        if handed:
+            logger.warning(
+                "Task %s: its outcome (%s) could not be stored; the run was handed back",
+                done.task.uuid,
+                done.outcome.status,
+                extra=task_fields(done.task, action="finish_handed_back"),
+            )
 
     def _persist(self, batch: list[Done]) -> list[bool]:
         """Store the outcomes; a run the database cut short is rescued instead (its

@@ -50,6 +50,18 @@ class NotJSONResult(QTasksError, TypeError):
     __module__ = "django_qtasks.executor"
 
 
+def not_json_result(value: Any, exc: Exception) -> NotJSONResult:
+    """The NotJSONResult for a result that failed to encode with ``exc``: a value JSON
+    has no form for (TypeError, ValueError), or one nested past the recursion limit of
+    the encoder (RecursionError)."""
+    kind = type(value).__name__
+    if isinstance(exc, RecursionError):
+        return NotJSONResult(
+            f"The task returned a {kind} nested too deep to be stored as JSON: {exc}."
+        )
+    return NotJSONResult(f"The task returned a {kind}, which cannot be stored as JSON: {exc}.")
+
+
 def resolve_middlewares(items: Iterable[Any]) -> list[Any]:
     """Dotted paths, classes or instances -> instances."""
     resolved = []
@@ -221,11 +233,9 @@ class TaskExecutor(BaseTaskExecutor):
 
     @staticmethod
     def check_result(value: Any) -> str:
-        """The result as the JSON to store (encoded once), or NotJSONResult."""
+        """The result as the JSON to store (encoded once), or NotJSONResult: for a value
+        JSON has no form for, and for one nested past the encoder's recursion limit."""
         try:
             return json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise NotJSONResult(
-                f"The task returned a {type(value).__name__}, which cannot be stored as JSON: "
-                f"{exc}."
-            ) from None
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise not_json_result(value, exc) from None

@@ -24,6 +24,7 @@ from django.utils import timezone
 from django_qtasks.broker.broker import BaseBroker
 from django_qtasks.settings import QTasksSettings
 from django_qtasks.worker.dbretry import DatabaseRetry
+from django_qtasks.worker.faults import FailureStreak
 
 if TYPE_CHECKING:
     from django_qtasks.worker.scheduler import Scheduler
@@ -71,6 +72,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="qtasks-heartbeat", daemon=True)
         self._next_rescue = 0.0
+        self.faults = FailureStreak("The heartbeat", logger, action="heartbeat_loop_failed")
 
     def start(self) -> None:
         """Register at once (before the first claim), then keep beating in the background."""
@@ -145,7 +147,12 @@ class Heartbeat:
                         "Heartbeat failed; reconnecting on the next beat",
                         action="heartbeat_failed",
                     )
+                except Exception:
+                    # Not the database's (a bug, a plug-in's): logged once per streak,
+                    # and the thread beats on; a pause before the next beat as well.
+                    self._stop.wait(self.faults.failed())
                 else:
                     self.retry.reached()
+                    self.faults.succeeded()
         finally:
             connections.close_all()

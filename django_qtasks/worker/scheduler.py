@@ -35,6 +35,7 @@ from django_qtasks.exceptions import ConfigurationError, QTasksError
 from django_qtasks.log import task_fields
 from django_qtasks.values import Task, TaskSpec
 from django_qtasks.worker.dbretry import DatabaseRetry
+from django_qtasks.worker.faults import FailureStreak
 
 if TYPE_CHECKING:
     from django_qtasks.api.queue_tasks import BaseQueueTasks
@@ -184,6 +185,7 @@ class Scheduler:
         self._primed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.faults = FailureStreak("The scheduler", logger, action="scheduler_loop_failed")
 
     # -- the decisions (one read at start, then one write per due tick) -------------------
     def prime(self, now: dt.datetime | None = None) -> None:
@@ -267,11 +269,11 @@ class Scheduler:
                     self._stop.wait(delay)
                     continue
                 except Exception:
-                    logger.exception(
-                        "Scheduler: unexpected error", extra={"action": "scheduler_failed"}
-                    )
-                    self._stop.wait(MAX_SLEEP)
+                    # Not the database's (a bug, a plug-in's): logged once per streak; a
+                    # due tick stays due (its enqueue is idempotent), so it is tried again.
+                    self._stop.wait(self.faults.failed())
                     continue
+                self.faults.succeeded()
                 due = self.next_due()
                 delay = MAX_SLEEP
                 if due is not None:

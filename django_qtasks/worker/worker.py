@@ -280,7 +280,7 @@ class ThreadWorker(BaseWorker):
                 task.task_name,
                 extra=task_fields(task, action="unknown_task"),
             )
-            return self._executed(Done(task, outcome, 0.0))
+            return self._executed(Done(task, outcome, 0.0, registered=False))
         ctx = TaskContext(definition, task, timekeeper=self.timekeeper)
         self.slots.started(task, ctx)
         if task.cancel_requested:

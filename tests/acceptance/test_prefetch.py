@@ -120,7 +120,7 @@ def test_rows_claimed_ahead_by_a_dead_worker_are_rescued_and_run_elsewhere(
     proc.wait(timeout=10)
     # Its heartbeat expiring, as the rescuer would see it after HEARTBEAT_TIMEOUT.
     app.broker.forget_worker(holder)
-    app.broker.rescue()
+    app.broker.storage.rescue()
 
     rows = TaskRecord.objects.filter(uuid__in=quick)
     assert set(rows.values_list("status", flat=True)) <= WAITING

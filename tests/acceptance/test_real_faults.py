@@ -12,6 +12,7 @@ import json
 import signal
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import connection, transaction
@@ -220,7 +221,9 @@ def test_postgresql_restarted_mid_run_loses_no_plain_task(tmp_path):
 
 
 @pytest.mark.postgres
-def test_a_worker_host_cut_off_the_network_has_its_tasks_finished_elsewhere(tmp_path):
+def test_a_partitioned_worker_host_has_its_tasks_finished_elsewhere_and_late_results_refused(
+    tmp_path,
+):
     host = NetworkHost(1)
     host.create()
     try:
@@ -234,48 +237,96 @@ def partition(host: NetworkHost, tmp_path: Path) -> None:
     with private_site(tmp_path, hosts=("127.0.0.1", host.host_address), settings=beats) as (
         server, site,
     ):  # fmt: skip
-        keys = site.enqueue(300, prefix="p", seconds=0.2)
+        # The far worker's first claim takes these two (the highest priority, one per
+        # thread). There they run until the test lets them end, after the link is back:
+        # longer than the partition, so that the far worker has a late result to store.
+        held_keys = site.enqueue(2, prefix="held", task="tests.work_held", priority=10)
+        keys = site.enqueue(200, prefix="p", seconds=0.05)
+        release = tmp_path / "release"
         far_log, near_log = tmp_path / "far.log", tmp_path / "near.log"
         far = site.start_worker(
             "--concurrency", "2", "--queues", "default,far", log=far_log, prefix=host.prefix,
-            database_url=server.url(host.host_address),
+            database_url=server.url(host.host_address), env={"QTASKS_TEST_HOLD": str(release)},
         )  # fmt: skip
         far_id = wait_until(lambda: far_worker(server), timeout=60,
                             message=f"the far worker\n{log_text(far_log)}")  # fmt: skip
         held = wait_until(lambda: holding(server, far_id), timeout=60, message="far's tasks")
+        assert sorted(key_of(server, uuid) for uuid in held) == held_keys
         site.start_worker("--concurrency", "2", "--queues", "default", log=near_log)
         host.cut()
         # Past HEARTBEAT_TIMEOUT the far worker counts as dead: its tasks are rescued
-        # and run by the near one, while the far one is still cut off.
+        # and run by the near one (through at once there), while the far one is still
+        # cut off and its runs of them go on.
         wait_until(
             lambda: finished_elsewhere(server, held, far_id), timeout=90,
             message=f"the far worker's tasks to finish elsewhere\n{log_text(near_log)[-2000:]}",
         )  # fmt: skip
         assert far_worker(server) is None  # its heartbeat lapsed
+        stored = rows_of(server, held)
         host.heal()
-        # It rejoins: a task only it takes (queue "far") runs.
+        # It rejoins (its heartbeat is back), then its runs end and it tries to store
+        # their late results: refused, each with a WARNING.
+        wait_until(
+            lambda: far_worker(server), timeout=60,
+            message=f"the far worker to beat again\n{log_text(far_log)[-3000:]}",
+        )  # fmt: skip
+        release.touch()
+        wait_until(
+            lambda: len(refusals(far_log)) >= len(held), timeout=60,
+            message=f"the far worker to store its late results\n{log_text(far_log)[-3000:]}",
+        )  # fmt: skip
+        # And runs a task only it takes (queue "far").
         rejoin = site.enqueue(5, prefix="far", seconds=0.0, queue="far")
         wait_until(
             lambda: server.query(
                 f"SELECT count(*) FROM {TASKS} WHERE args->>0 = ANY(%s) AND status = 'success'",
                 [rejoin],
             )[0][0] == len(rejoin),
-            timeout=120, message=f"the far worker to rejoin\n{log_text(far_log)[-3000:]}",
+            timeout=60, message=f"the far worker to rejoin\n{log_text(far_log)[-3000:]}",
         )  # fmt: skip
-        wait_until(lambda: not private_open(server), timeout=120, message="the drain")
+        wait_until(lambda: not private_open(server), timeout=60, message="the drain")
         far_pid = int(far_id.split(":")[-2])
-        # Its late results were refused: the rows keep the near worker's results.
-        pids = server.query(
-            f"SELECT (\"returning\"->>1)::int FROM {TASKS} WHERE uuid = ANY(%s::uuid[])", [held]
-        )  # fmt: skip
-        late = sum(1 for (pid,) in pids if pid == far_pid)
+        # The refused results changed nothing: the rows are as the near worker left
+        # them, its result (with its pid) included.
+        after = rows_of(server, held)
+        late = sum(1 for row in after.values() if row[3] == far_pid)
+        [(held_runs,)] = server.query(
+            f"SELECT count(*) FROM {EXECUTIONS} WHERE key = ANY(%s)", [held_keys]
+        )
         result = private_numbers(server, keys)
-        report("partition", {**result, "cut_off_tasks": len(held), "late_results_stored": late})
+        report("partition", {**result, "cut_off_tasks": len(held),
+                             "late_results_refused": len(refusals(far_log)),
+                             "late_results_stored": late, "held_runs": held_runs})  # fmt: skip
+        assert after == stored
         assert late == 0
+        assert sorted(line.split()[5] for line in refusals(far_log)) == sorted(held)
+        assert held_runs == 2 * len(held)  # both runs of each had their side effect
         assert far.poll() is None
         assert (result["success"], result["other"], result["unproven"]) == (len(keys), 0, 0), (
             result
         )
+
+
+def refusals(log: Path) -> list[str]:
+    """The worker log's lines refusing a late result (``Task <uuid> was no longer held
+    by worker ...``)."""
+    return [line for line in log_lines(log, "WARNING") if REFUSED in line]
+
+
+def key_of(server: PrivatePostgres, uuid: str) -> str:
+    [(key,)] = server.query(f"SELECT args->>0 FROM {TASKS} WHERE uuid = %s::uuid", [uuid])
+    return str(key)
+
+
+def rows_of(server: PrivatePostgres, uuids: list[str]) -> dict[str, tuple[Any, ...]]:
+    """What a late result would overwrite: status, worker, finish time and the pid in
+    the stored result, by task."""
+    rows = server.query(
+        f"SELECT uuid::text, status, worker_id, finished_at, (\"returning\"->>1)::int "
+        f"FROM {TASKS} WHERE uuid = ANY(%s::uuid[])",
+        [uuids],
+    )
+    return {uuid: tuple(rest) for uuid, *rest in rows}
 
 
 def far_worker(server: PrivatePostgres) -> str | None:

@@ -238,6 +238,29 @@ def test_an_unregistered_task_name_ends_in_error_and_the_worker_goes_on(
     assert executions(["after"]) == {"after": 1}
 
 
+@pytest.mark.parametrize("itself", [False, True], ids=["str_raises_other", "str_raises_itself"])
+def test_an_exception_whose_str_raises_ends_in_error_and_the_burst_worker_exits(
+    worker_processes: WorkerProcesses, tmp_path: Path, itself: bool
+) -> None:
+    """One thread: the task after it runs only if describing the exception did not end
+    the thread, and the burst worker exits only if the task got its outcome."""
+    bad = app.add_task("tests.raise_unprintable", "bad", itself, priority=10).uuid
+    after = app.add_task("tests.record", "after").uuid
+    log = tmp_path / "worker.log"
+    proc = worker_processes.start("--concurrency", "1", "--burst", *FAST, log=log)
+
+    assert exit_code(proc, log) == 0
+    row = TaskRecord.objects.get(uuid=bad)
+    name = "StrRaisesItself" if itself else "StrRaises"
+    assert row.status == TaskStatus.ERROR
+    # retry=1: the retry policy ran, and each attempt names the task's own exception.
+    assert executions(["bad", "after"]) == {"bad": 2, "after": 1}
+    assert [error["type"] for error in row.errors] == [f"tests.testapp.tasks.{name}"] * 2
+    assert [error["message"] for error in row.errors] == [f"<{name}: str() failed>"] * 2
+    assert "raise_unprintable" in row.traceback
+    assert status_of(after) == TaskStatus.SUCCESS
+
+
 # -- SQLite -------------------------------------------------------------------------------
 def test_a_worker_starting_while_another_sqlite_writer_holds_the_lock_waits_for_it(
     run_worker: Callable[..., int]

@@ -60,6 +60,15 @@ def test_a_result_that_is_not_json_fails_without_retries(run_worker: Any) -> Non
     assert result.errors[0].exception_class_path.endswith("NotJSONResult")
 
 
+def test_a_result_nested_past_the_normaliser_fails_as_not_json(run_worker: Any) -> None:
+    result = tasks.returns_deep_list.enqueue(5000)  # Django's normalize_json recurses
+    run_worker()
+    result.refresh()
+    assert (result.status, result.attempts) == (TaskResultStatus.FAILED, 1)
+    assert result.errors[0].exception_class_path.endswith("NotJSONResult")
+    assert "nested too deep to be stored as JSON" in result.errors[0].traceback
+
+
 def test_failure_keeps_the_exception_class_and_traceback(run_worker: Any) -> None:
     result = tasks.fail.enqueue("f")
     run_worker()

@@ -187,6 +187,19 @@ def test_the_list_shows_badges_attempts_and_durations(admin_client, make_task):
     assert reverse("admin:django_qtasks_taskrecord_dashboard") in html
 
 
+def test_the_list_and_the_detail_show_how_often_a_task_was_rescued(admin_client, make_task):
+    calm = make_task(status="new")
+    lost = make_task(status="process", attempt=1, worker_id="gone", started_at=timezone.now())
+    assert app.broker.rescue() == [(lost.uuid, "retry")]  # its worker has no heartbeat
+    html = admin_client.get(CHANGELIST).content.decode()
+    assert html.count("rescued 1 time<") == 1  # the rescued row only
+    assert "0/1" in html  # its attempt, unspent
+    assert "1 of 3 allowed" in admin_client.get(change_url(lost)).content.decode()
+    calm_page = admin_client.get(change_url(calm)).content.decode()
+    assert "0 of 3 allowed" in calm_page
+    assert "rescued" not in calm_page
+
+
 def test_filters_and_search(admin_client, make_task):
     a = make_task(task_name="mail.send_welcome", queue="mail", status="error")
     b = make_task(task_name="reports.build", queue="reports")

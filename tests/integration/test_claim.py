@@ -1,6 +1,6 @@
 """The claim path on a real database: order, filters, SKIP LOCKED, the index, races.
 
-Every claim here goes through ``app.broker.claim()`` (Broker -> Storage), the same
+Every claim here goes through ``app.broker.storage.claim()``, the same
 call the worker makes; nothing in the DB layer is mocked.
 """
 
@@ -41,7 +41,7 @@ def enqueue(key: str, **options: Any) -> uuid_lib.UUID:
 
 
 def claim(limit: int, queues: list[str] | None = None, worker_id: str = "w-test") -> list[Task]:
-    return app.broker.claim(worker_id, queues, limit)
+    return app.broker.storage.claim(worker_id, queues, limit)
 
 
 def keys(tasks: list[Task]) -> list[str]:
@@ -497,7 +497,7 @@ def test_claiming_and_finishing_a_batch_of_100_costs_one_statement_each() -> Non
 
     outcomes = [(task, Outcome(status="success", returning=n)) for n, task in enumerate(tasks)]
     with CaptureQueriesContext(connection) as finishes:
-        stored = app.broker.finish_many(outcomes)
+        stored = app.broker.storage.finish_many(outcomes)
     assert stored == [True] * 100
     # Django logs SQLite's executemany (one prepared statement) as "100 times: UPDATE".
     statements = [q["sql"].removeprefix("100 times: ").split()[0].upper() for q in finishes]

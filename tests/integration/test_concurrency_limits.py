@@ -1,6 +1,6 @@
 """Concurrency limits on a real database: options, what a row stores, and the claim.
 
-Every claim goes through ``app.broker.claim()`` (Broker -> Storage), the worker's own
+Every claim goes through ``app.broker.storage.claim()``, the worker's own
 call. Nothing finishes here unless a test says so, so "running" is simply ``process``.
 The limit under real worker processes is in tests/acceptance/test_concurrency_limits.py.
 """
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.django_db
 
 
 def claim(limit: int, worker_id: str = "w-test", **options: Any) -> list[Task]:
-    return app.broker.claim(worker_id, None, limit, **options)
+    return app.broker.storage.claim(worker_id, None, limit, **options)
 
 
 def running() -> Counter[tuple[str, str | None]]:
@@ -38,7 +38,7 @@ def running() -> Counter[tuple[str, str | None]]:
 
 
 def finish(task: Task) -> None:
-    assert app.broker.finish(task, Outcome(status=TaskStatus.SUCCESS, returning=None))
+    assert app.broker.storage.finish(task, Outcome(status=TaskStatus.SUCCESS, returning=None))
 
 
 # -- options and what a row stores --------------------------------------------------------

@@ -372,12 +372,12 @@ def test_a_spec_made_without_the_builder_is_checked_like_any_other():
         return TaskSpec(task_name="tests.record", args=args, kwargs={}, queue="default",
                         priority=0, run_after=None, max_retries=0)  # fmt: skip
 
-    task = app.broker.add_many([spec(["k", 1.5]), spec([{"x": None}])])[0]
+    task = app.broker.storage.add_many([spec(["k", 1.5]), spec([{"x": None}])])[0]
     assert TaskRecord.objects.get(uuid=task.uuid).args == ["k", 1.5]
     with pytest.raises(TypeError, match="positional argument 0"):
-        app.broker.add_many([spec(["fine"]), spec([object()])])
+        app.broker.storage.add_many([spec(["fine"]), spec([object()])])
     with pytest.raises(TypeError, match=r"positional argument 0 \(float\)"):
-        app.broker.add(spec([float("nan")]))
+        app.broker.storage.add(spec([float("nan")]))
     assert TaskRecord.objects.count() == 2
 
 
@@ -389,9 +389,9 @@ def test_a_spec_with_tags_that_are_not_strings_is_refused_and_nothing_stored(tag
     bad = TaskSpec(task_name="tests.record", args=["k"], kwargs={}, queue="default",
                    priority=0, run_after=None, max_retries=0, tags=tags)  # fmt: skip
     with pytest.raises(InvalidTaskCall, match="tags must be a list of strings"):
-        app.broker.add(bad)
+        app.broker.storage.add(bad)
     with pytest.raises(InvalidTaskCall, match="tags must be a list of strings"):
-        app.broker.add_many([dataclasses.replace(bad, tags=["fine"]), bad])
+        app.broker.storage.add_many([dataclasses.replace(bad, tags=["fine"]), bad])
     assert not TaskRecord.objects.exists()
 
 

@@ -128,6 +128,20 @@ def test_a_non_json_result_ends_error_with_a_clear_message(run_worker):
     assert "returned a set, which cannot be stored as JSON" in done.errors[0]["message"]
 
 
+def test_a_result_nested_past_the_encoder_ends_error_without_retries(run_worker):
+    # Past the JSON encoder's recursion on every Python (3.10 gives up near 1,000
+    # levels, 3.13 near 20,000); shallower ones are the database's to refuse.
+    task = tasks.deep_result.add_task("deep", 100_000)
+    assert run_worker() == 0
+    done = finished(task)
+    assert done.status == "error"
+    assert Execution.objects.filter(key="deep").count() == 1  # retry=3, yet never retried
+    assert [entry["type"] for entry in done.errors] == ["django_qtasks.executor.NotJSONResult"]
+    assert done.errors[0]["message"].startswith(
+        "The task returned a list nested too deep to be stored as JSON: maximum recursion"
+    )
+
+
 def test_async_tasks_are_stopped_at_max_time(run_worker):
     task = tasks.async_slow.add_task()
     run_worker()
@@ -148,10 +162,23 @@ def test_system_exit_in_a_task_does_not_end_the_worker(run_worker):
 def test_an_unregistered_task_name_ends_error_and_the_worker_goes_on(run_worker):
     ghost = app.add_task("no.such.task", 1)
     good = tasks.add.add_task(1, 2)
-    assert run_worker(concurrency=1) == 0
+    seen = []
+
+    def on_signal(sender, task, **kwargs):
+        seen.append((task.uuid, kwargs.get("outcome") and kwargs["outcome"].status))
+
+    # No code of an unknown task runs, so neither signal is sent for it (docs/tasks.md).
+    task_started.connect(on_signal)
+    task_finished.connect(on_signal)
+    try:
+        assert run_worker(concurrency=1) == 0
+    finally:
+        task_started.disconnect(on_signal)
+        task_finished.disconnect(on_signal)
     assert finished(ghost).status == "error"
     assert "No task named 'no.such.task' is registered" in finished(ghost).errors[0]["message"]
     assert finished(good).returning == 3
+    assert seen == [(good.uuid, None), (good.uuid, "success")]
 
 
 def test_higher_priority_runs_first_across_queues(run_worker):

@@ -63,7 +63,7 @@ def test_a_repeatable_read_connection_claims_under_read_committed(
 
     try:
         with connection.execute_wrapper(spy):
-            claimed = app.broker.claim("w-rr", None, 5)
+            claimed = app.broker.storage.claim("w-rr", None, 5)
     finally:
         connection.close()  # the session's level goes with it
     assert [t.uuid for t in claimed] == [task.uuid]

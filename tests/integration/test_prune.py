@@ -98,7 +98,7 @@ def test_the_prune_statement_reads_the_finished_rows_index():
     analyze(TaskRecord._meta.db_table)
     spy = DeleteSpy()
     with connection.execute_wrapper(spy):
-        app.broker.prune(NOW - 7 * DAYS, limit=100)
+        app.broker.storage.prune(NOW - 7 * DAYS, limit=100)
     sql, params = spy.statements[0]
     if connection.vendor == "mysql":  # the batch is picked (and locked) before its DELETE
         sql, params = spy.picks[0]
@@ -132,7 +132,7 @@ def test_schedule_runs_are_pruned_but_each_schedule_keeps_its_newest():
 def test_prune_refuses_statuses_that_are_not_finished():
     rows("new", 1, age=None)
     with pytest.raises(ValueError, match="finished tasks only"):
-        app.broker.prune(NOW, statuses=["new"])
+        app.broker.storage.prune(NOW, statuses=["new"])
 
 
 # -- the command ---------------------------------------------------------------------------

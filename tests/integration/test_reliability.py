@@ -41,7 +41,7 @@ def beat(worker_id: str, seconds: float) -> None:
 # -- rescue ------------------------------------------------------------------------------
 def test_tasks_of_a_dead_worker_go_back_to_waiting_without_spending_an_attempt():
     lost = stale_running("dead-worker", attempt=1, max_retries=0)
-    rescued = app.broker.rescue()
+    rescued = app.broker.storage.rescue()
     assert rescued == [(lost.uuid, "retry")]
     lost.refresh_from_db()
     # The run is the worker's loss: the attempt is not spent (the next claim makes it
@@ -65,7 +65,7 @@ def test_a_task_lost_more_often_than_the_allowance_ends_error_with_an_error_line
     lost = stale_running("dead-worker", attempt=1, max_retries=5, rescues=3)
     young = stale_running("dead-worker", attempt=1, max_retries=0, rescues=2)
     with caplog.at_level(logging.WARNING, logger="django_qtasks.storage"):
-        assert sorted(app.broker.rescue("dead-worker")) == sorted(
+        assert sorted(app.broker.storage.rescue("dead-worker")) == sorted(
             [(lost.uuid, "error"), (young.uuid, "retry")]
         )
     lost.refresh_from_db()
@@ -91,7 +91,7 @@ def test_the_tasks_of_one_dead_worker_come_back_spread_out():
     # kills its worker every time; each gets its own moment within two seconds.
     lost = [stale_running("dead-worker") for _ in range(20)]
     before = timezone.now()
-    assert len(app.broker.rescue()) == len(lost)
+    assert len(app.broker.storage.rescue()) == len(lost)
     due = sorted(TaskRecord.objects.values_list("run_after", flat=True))
     assert len(set(due)) == len(lost)
     assert before <= due[0]
@@ -99,10 +99,48 @@ def test_the_tasks_of_one_dead_worker_come_back_spread_out():
     assert due[-1] - due[0] > dt.timedelta(seconds=0.2)
 
 
+def test_the_snapshot_counts_the_rescues_from_enqueue_to_claim_to_the_end(run_worker):
+    assert tasks.record.add_task("fresh").rescues == 0
+    lost = stale_running("dead-worker", rescues=1)
+    app.broker.rescue()
+    assert app.get(lost.uuid).rescues == 2
+    # Whatever reads the row: a claim's snapshot too (it reads the column back).
+    [claimed] = app.broker.claim("w-next", None, 5, uuids=[lost.uuid])
+    assert (claimed.attempt, claimed.rescues) == (1, 2)
+    assert app.broker.rescue("w-next") == [(lost.uuid, "retry")]
+    run_worker()
+    done = app.get(lost.uuid)
+    assert (done.status, done.attempt, done.rescues) == ("success", 1, 3)
+
+
+def test_a_running_row_at_attempt_0_is_rescued_beside_the_others():
+    # A `process` row at attempt 0 (written by hand, or by an older version): taking one
+    # off its attempt would break the column's non-negative constraint and fail the
+    # whole statement, every time, so that no task would ever be rescued.
+    odd = stale_running("dead-worker", attempt=0)
+    lost = stale_running("dead-worker", attempt=1)
+    assert sorted(app.broker.rescue()) == sorted([(odd.uuid, "retry"), (lost.uuid, "retry")])
+    odd.refresh_from_db()
+    lost.refresh_from_db()
+    assert (odd.status, odd.attempt, odd.rescues) == ("retry", 0, 1)
+    assert (lost.status, lost.attempt, lost.rescues) == ("retry", 0, 1)
+
+
+def test_rows_handed_back_unstarted_keep_their_attempt_and_never_go_below_0():
+    odd = stale_running("leaving", attempt=0)
+    first = stale_running("leaving", attempt=1)
+    later = stale_running("leaving", attempt=3)
+    assert app.broker.release("leaving", [odd.uuid, first.uuid, later.uuid]) == 3
+    rows = TaskRecord.objects.in_bulk([odd.uuid, first.uuid, later.uuid])
+    back = [(rows[t.uuid].status, rows[t.uuid].attempt, rows[t.uuid].worker_id)
+            for t in (odd, first, later)]  # fmt: skip
+    assert back == [("new", 0, ""), ("new", 0, ""), ("retry", 2, "")]
+
+
 @override_settings(QTASKS={"MAX_RESCUES": 0})
 def test_no_rescue_allowed_ends_the_first_lost_run_in_error():
     lost = stale_running("dead-worker")
-    assert app.broker.rescue() == [(lost.uuid, "error")]
+    assert app.broker.storage.rescue() == [(lost.uuid, "error")]
     assert app.get(lost.uuid).errors[-1]["message"].startswith(
         "Task lost 1 time, more than QTASKS['MAX_RESCUES'] = 0 allows"
     )
@@ -113,7 +151,7 @@ def test_live_workers_keep_their_tasks_and_expired_ones_lose_them():
     beat("expired", -1)
     mine = stale_running("alive")
     theirs = stale_running("expired")
-    assert app.broker.rescue() == [(theirs.uuid, "retry")]
+    assert app.broker.storage.rescue() == [(theirs.uuid, "retry")]
     mine.refresh_from_db()
     assert mine.status == "process"
 
@@ -121,14 +159,14 @@ def test_live_workers_keep_their_tasks_and_expired_ones_lose_them():
 def test_a_rescued_task_runs_again_and_the_old_worker_cannot_overwrite_it(run_worker):
     lost = stale_running("dead-worker")
     snapshot = app.get(lost.uuid)
-    app.broker.rescue()
+    app.broker.storage.rescue()
     run_worker()
     done = app.get(lost.uuid)
     assert (done.status, done.attempt) == ("success", 1)  # the lost run spent nothing
     # The dead worker comes back to life and reports: nothing changes.
     from django_qtasks.api.task import Outcome
 
-    assert app.broker.finish(snapshot, Outcome(status="error")) is False
+    assert app.broker.storage.finish(snapshot, Outcome(status="error")) is False
     assert app.get(lost.uuid).status == "success"
 
 
@@ -141,7 +179,7 @@ def test_two_rescuers_racing_rescue_each_task_once():
     def rescuer(slot: int) -> None:
         try:
             barrier.wait()
-            results[slot] = app.broker.rescue()
+            results[slot] = app.broker.storage.rescue()
         finally:
             connections.close_all()
 

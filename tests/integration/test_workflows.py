@@ -89,11 +89,11 @@ def test_cancelling_a_blocked_step_cancels_the_steps_after_it(run_worker):
 
 def test_a_step_lost_for_good_cancels_the_rest():
     flow = chain(tasks.record("lost"), tasks.length()).add_task()
-    claimed = app.broker.claim("dead-worker", None, 10)
+    claimed = app.broker.storage.claim("dead-worker", None, 10)
     assert [t.uuid for t in claimed] == [flow.tasks[0].uuid]
     TaskRecord.objects.filter(uuid=flow.tasks[0].uuid).update(rescues=3)  # its allowance spent
 
-    assert app.broker.rescue("dead-worker") == [(flow.tasks[0].uuid, "error")]
+    assert app.broker.storage.rescue("dead-worker") == [(flow.tasks[0].uuid, "error")]
     assert [t.status for t in flow.refresh().tasks] == ["error", "cancel"]
 
 
@@ -229,8 +229,8 @@ def test_blocked_tasks_are_neither_waiting_nor_running_nor_prunable():
 
 def finish(task: Any, result: Any) -> None:
     """Claim one given task and store its success, as a worker would."""
-    (claimed,) = app.broker.claim("w", None, 1, uuids=[task.uuid])
-    assert app.broker.finish(claimed, Outcome("success", returning=result))
+    (claimed,) = app.broker.storage.claim("w", None, 1, uuids=[task.uuid])
+    assert app.broker.storage.finish(claimed, Outcome("success", returning=result))
 
 
 def test_pruning_keeps_finished_steps_whose_flow_still_waits():

@@ -176,6 +176,37 @@ def bad_result_with_retries(key: str) -> Any:
     return object()
 
 
+@app.task(name="tests.deep_result", retry=3, retry_backoff=0)
+def deep_result(key: str, depth: int) -> Any:
+    """Returns a list nested ``depth`` deep: past what the JSON encoder can recurse into."""
+    Execution.objects.create(key=key)
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+class StrRaises(Exception):
+    """An exception whose ``str()`` raises another error."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+class StrRaisesItself(Exception):
+    """An exception whose ``str()`` raises one of its own kind, whose ``str()`` ..."""
+
+    def __str__(self) -> str:
+        raise StrRaisesItself()
+
+
+@app.task(name="tests.raise_unprintable", retry=1, retry_backoff=0)
+def raise_unprintable(key: str, itself: bool) -> None:
+    """Raises an exception that cannot be described by ``str()``."""
+    Execution.objects.create(key=key)
+    raise StrRaisesItself() if itself else StrRaises()
+
+
 @app.task(name="tests.async_progress", echo=True)
 async def async_progress(self: Any) -> str:
     await self.ctx.aset_progress(3, 4, "nearly")
@@ -330,6 +361,22 @@ def raise_operational_error() -> None:
 def work(key: str, seconds: float = 0.02) -> list[Any]:
     """A plain task (no retries) for the fault tests: some work, then its side effect;
     returns its key and the pid of the process that ran it (whose result was stored)."""
+    return _work(key, seconds)
+
+
+@app.task(name="tests.work_held")
+def work_held(key: str, seconds: float = 0.02) -> list[Any]:
+    """``tests.work``, but on a worker started with ``$QTASKS_TEST_HOLD`` (a path) it
+    first waits until that file exists (two minutes at most): the test decides when that
+    worker's run ends, while the same task runs through at once on any other worker."""
+    hold = os.environ.get("QTASKS_TEST_HOLD")
+    deadline = time.monotonic() + 120
+    while hold and not Path(hold).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return _work(key, seconds)
+
+
+def _work(key: str, seconds: float) -> list[Any]:
     time.sleep(seconds)
     Execution.objects.create(key=key, started=time.time(), finished=time.time())
     return [key, os.getpid()]

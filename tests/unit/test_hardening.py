@@ -8,21 +8,11 @@ import pytest
 
 from django_qtasks.exceptions import ConfigurationError, describe_exception
 from django_qtasks.settings import build_settings
+from tests.testapp.tasks import StrRaises, StrRaisesItself
 
 
-class _StrRaises(Exception):
-    def __str__(self) -> str:
-        raise RuntimeError("no str for you")
-
-
-class _StrRaisesItself(Exception):
-    """The worst case: describing it again (the old fallback) raised again."""
-
-    def __str__(self) -> str:
-        raise _StrRaisesItself()
-
-
-@pytest.mark.parametrize("cls", [_StrRaises, _StrRaisesItself])
+# The worst case is StrRaisesItself: describing it again (the old fallback) raised again.
+@pytest.mark.parametrize("cls", [StrRaises, StrRaisesItself])
 def test_describe_exception_survives_a_raising_str(cls: type[Exception]) -> None:
     described = describe_exception(cls())
     assert described["type"].endswith(cls.__qualname__)

@@ -22,7 +22,6 @@ KNOWN = [
         "django_qtasks.worker.pool",
         "django_qtasks.worker.pool_child",
     },
-    {"django_qtasks.storage.django_storage", "django_qtasks.storage.mysql"},
 ]
 
 

@@ -37,9 +37,9 @@ def row(args: str, kwargs: str, **columns: Any) -> list[Any]:
     now = timezone.now()
     values = {"uuid": uuid.uuid4(), "task_name": "t", "priority": 0, "queue": "default",
               "args": args, "kwargs": kwargs, "traceback": "", "errors": "[]", "attempt": 1,
-              "max_retries": 0, "run_after": now, "created_at": now, "unique_key": None,
-              "cancel_requested": False, "progress": None, "tags": "[]", "flow_id": None,
-              "flow_stage": None, "flow_index": None, "concurrency_key": None,
+              "max_retries": 0, "rescues": 0, "run_after": now, "created_at": now,
+              "unique_key": None, "cancel_requested": False, "progress": None, "tags": "[]",
+              "flow_id": None, "flow_stage": None, "flow_index": None, "concurrency_key": None,
               "max_concurrency": None, **columns}  # fmt: skip
     return [values[name] for name in _CLAIM_COLUMNS]
 

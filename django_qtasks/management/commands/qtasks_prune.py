@@ -64,7 +64,7 @@ class Command(BaseCommand):
         before = timezone.now() - older_than
         what = f"{'/'.join(statuses)} tasks finished before {before.isoformat(timespec='seconds')}"
         if options["dry_run"]:
-            count = app.broker.count_prunable(before, statuses)
+            count = app.broker.storage.count_prunable(before, statuses)
             self.stdout.write(f"Would delete {count} {what} (dry run).")
             return
 

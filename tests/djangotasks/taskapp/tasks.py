@@ -86,6 +86,14 @@ def returns_object() -> Any:
 
 
 @task
+def returns_deep_list(depth: int) -> Any:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@task
 def signalled(key: str) -> str:
     return key
 
