@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import uuid as uuid_lib
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -55,6 +54,7 @@ from django_qtasks.templatetags.qtasks_admin import EMPTY
 from django_qtasks.templatetags.qtasks_admin import qtasks_duration as format_duration
 from django_qtasks.templatetags.qtasks_admin import qtasks_short_time as _short_time
 from django_qtasks.templatetags.qtasks_admin import qtasks_time as _full_time
+from django_qtasks.values import progress_fraction
 
 if TYPE_CHECKING:
     TaskRecordAdminBase = admin.ModelAdmin[TaskRecord]
@@ -87,19 +87,6 @@ def _duration(task: TaskRecord) -> dt.timedelta | None:
         return None
     end = task.finished_at or (timezone.now() if task.status == TaskStatus.PROCESS else None)
     return None if end is None else max(end - task.started_at, dt.timedelta(0))
-
-
-def _progress_fraction(progress: Any) -> float | None:
-    if not isinstance(progress, dict):
-        return None
-    done, total = progress.get("done"), progress.get("total")
-    if not isinstance(done, (int, float)) or not isinstance(total, (int, float)) or total <= 0:
-        return None
-    try:
-        fraction = done / total
-    except OverflowError:  # integers past a float's range (a row written by hand)
-        return None
-    return float(min(max(fraction, 0.0), 1.0)) if math.isfinite(fraction) else None
 
 
 def _name_parts(name: str) -> list[str]:
@@ -286,7 +273,7 @@ class TaskRecordAdmin(TaskRecordAdminBase):
     @admin.display(description=gettext_lazy("status"))
     def status_badge(self, task: TaskRecord) -> SafeString:
         label = TaskStatus(task.status).label if task.status in TaskStatus.values else task.status
-        fraction = _progress_fraction(task.progress) if task.status == TaskStatus.PROCESS else None
+        fraction = progress_fraction(task.progress) if task.status == TaskStatus.PROCESS else None
         suffix = "" if fraction is None else f" {fraction:.0%}"
         requested = task.cancel_requested and task.status == TaskStatus.PROCESS
         return format_html(
@@ -379,7 +366,7 @@ class TaskRecordAdmin(TaskRecordAdminBase):
         progress = task.progress
         if not isinstance(progress, dict):
             return EMPTY
-        fraction = _progress_fraction(progress)
+        fraction = progress_fraction(progress)
         done, total = progress.get("done"), progress.get("total")
         amount = f"{done} / {total}" if total is not None else f"{done}"
         bar = (

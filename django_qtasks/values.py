@@ -11,6 +11,7 @@ apps are ready (see :func:`use_project_app`).
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -22,6 +23,24 @@ if TYPE_CHECKING:
 # models.FINISHED_STATUSES, as the plain strings a snapshot's status holds (this module
 # imports no Django); tests/unit/test_values.py keeps the two the same.
 _FINISHED = frozenset({"success", "error", "cancel"})
+
+
+def progress_fraction(progress: Any) -> float | None:
+    """How far a task's progress (``{"done": n, "total": m}``, as ``set_progress()``
+    stores it) has got, from 0.0 to 1.0; None when it says nothing a bar can show: no
+    positive total, values that are not numbers, or numbers past a float's range (a
+    row written by another program may hold any JSON there)."""
+    if not isinstance(progress, dict):
+        return None
+    done, total = progress.get("done"), progress.get("total")
+    numbers = (int, float)
+    if not isinstance(done, numbers) or not isinstance(total, numbers) or total <= 0:
+        return None
+    try:
+        fraction = done / total
+    except OverflowError:
+        return None
+    return float(min(max(fraction, 0.0), 1.0)) if math.isfinite(fraction) else None
 
 
 class ProjectApp(Protocol):

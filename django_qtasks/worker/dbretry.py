@@ -19,11 +19,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.db import InterfaceError, OperationalError
 
 from django_qtasks.storage.db import is_connection_lost, reset_connection
+
+if TYPE_CHECKING:
+    from django_qtasks.settings import QTasksSettings
 
 logger = logging.getLogger("django_qtasks.worker")
 
@@ -53,6 +56,13 @@ class DatabaseRetry:
         # died in the last one and is only now used again.
         self._outages = 0
         self._threads = threading.local()
+
+    @classmethod
+    def for_settings(cls, settings: QTasksSettings, *, poll_interval: float = 1.0) -> DatabaseRetry:
+        """The retry of a worker on the queue's database: it gives up waiting once its
+        rows would be rescued anyway (``HEARTBEAT_TIMEOUT``)."""
+        patience = settings.heartbeat_timeout
+        return cls(settings.database, poll_interval=poll_interval, patience=patience)
 
     @property
     def down(self) -> bool:

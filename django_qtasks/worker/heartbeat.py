@@ -66,9 +66,7 @@ class Heartbeat:
         self.heartbeat_file = heartbeat_file
         self.scheduler = scheduler  # periodic tasks; on a thread of its own
         # The worker's: an outage is logged once per worker, whichever thread meets it.
-        self.retry = retry or DatabaseRetry(
-            settings.database, poll_interval=1.0, patience=settings.heartbeat_timeout
-        )
+        self.retry = retry or DatabaseRetry.for_settings(settings)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="qtasks-heartbeat", daemon=True)
         self._next_rescue = 0.0

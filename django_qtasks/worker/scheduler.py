@@ -175,9 +175,7 @@ class Scheduler:
         self.app = app
         # The worker's, so that an outage is logged once per worker (docs/reliability.md);
         # a scheduler of its own (tests) keeps its own.
-        self.retry = retry or DatabaseRetry(
-            app.settings.database, poll_interval=1.0, patience=app.settings.heartbeat_timeout
-        )
+        self.retry = retry or DatabaseRetry.for_settings(app.settings)
         self.schedules = list(collect_schedules(app) if schedules is None else schedules)
         self.worker_id = worker_id
         self.clock = clock

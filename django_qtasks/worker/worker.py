@@ -104,11 +104,7 @@ class ThreadWorker(BaseWorker):
         settings = self.settings
         broker = self.broker
         self.slots = Slots(self.concurrency, settings.prefetch)
-        self.retry = DatabaseRetry(
-            settings.database,
-            poll_interval=self.poll_interval,
-            patience=settings.heartbeat_timeout,
-        )
+        self.retry = DatabaseRetry.for_settings(settings, poll_interval=self.poll_interval)
         # Outcomes counted for the metrics view, flushed to GlobalConfig on each heartbeat.
         self.counters = TaskCounters()
         self.pool = ThreadPool(

@@ -22,6 +22,7 @@ from django.views.decorators.http import require_POST, require_safe
 
 from django_qtasks import Task, app
 from django_qtasks.models import ACTIVE_STATUSES, TaskRecord, TaskStatus
+from django_qtasks.values import progress_fraction
 
 from . import tasks
 
@@ -190,8 +191,8 @@ def _call_text(record: TaskRecord) -> str:
 
 
 def _number(value: Any) -> int | float | None:
-    """A finite number as it is; None for anything else (text, inf, an integer too big
-    for a float)."""
+    """A finite number as it is (the feed must stay JSON a browser parses); None for
+    anything else (text, inf, an integer too big for a float)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     try:
@@ -203,17 +204,13 @@ def _number(value: Any) -> int | float | None:
 def _progress(progress: Any) -> dict[str, Any] | None:
     if not progress or not isinstance(progress, dict):
         return None
-    done, total = _number(progress.get("done")) or 0, _number(progress.get("total"))
-    percent = None
-    if total:
-        try:
-            fraction = done / total
-        except OverflowError:
-            fraction = math.inf
-        if math.isfinite(fraction):
-            percent = round(100 * min(max(fraction, 0.0), 1.0))
-    message = progress.get("message", "")
-    return {"done": done, "total": total, "percent": percent, "message": _clip(str(message))}
+    fraction = progress_fraction(progress)
+    return {
+        "done": _number(progress.get("done")) or 0,
+        "total": _number(progress.get("total")),
+        "percent": None if fraction is None else round(100 * fraction),
+        "message": _clip(str(progress.get("message", ""))),
+    }
 
 
 def _last_error(errors: Any) -> str | None:

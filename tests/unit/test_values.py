@@ -14,6 +14,7 @@ from django_qtasks import app, values
 from django_qtasks.api.queue_tasks import QueueTasks
 from django_qtasks.api.task import Outcome, Task, TaskSpec
 from django_qtasks.models import FINISHED_STATUSES
+from django_qtasks.values import progress_fraction
 from tests.testapp import tasks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,3 +47,25 @@ def test_refresh_and_cancel_go_through_the_project_app_whoever_made_the_snapshot
     cancelled = task.cancel("not needed")
     assert cancelled is not None
     assert (cancelled.status, cancelled.errors[-1]["message"]) == ("cancel", "not needed")
+
+
+@pytest.mark.parametrize(
+    ("progress", "fraction"),
+    [
+        ({"done": 3, "total": 4}, 0.75),
+        ({"done": 9, "total": 4}, 1.0),
+        ({"done": -1, "total": 4}, 0.0),
+        ({"done": 3}, None),
+        ({"done": 3, "total": 0}, None),
+        ({"done": -5, "total": -1}, None),
+        ({"done": "x", "total": 4}, None),
+        ({"done": 10**400, "total": 3}, None),  # past a float: OverflowError
+        ({"done": float("inf"), "total": 10}, None),
+        ([1, 2], None),
+        (None, None),
+    ],
+)
+def test_progress_fraction_shows_only_what_a_bar_can(progress: object, fraction: object) -> None:
+    """The admin and the example site read a row's progress through one rule; a row
+    written by another program may hold any JSON there."""
+    assert progress_fraction(progress) == fraction
