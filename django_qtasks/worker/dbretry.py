@@ -77,12 +77,19 @@ class DatabaseRetry:
 
     def reached(self) -> None:
         """A database operation of this thread succeeded: the end of an outage, if one
-        was on. Cheap otherwise (it is on the claim and completion paths)."""
-        self._threads.outage = self._outages
+        was on and this thread's connection is newer than its start. Cheap otherwise
+        (it is on the claim and completion paths).
+
+        A connection older than the outage proves nothing: a restart ends the server's
+        sessions one by one, so one may still answer after another has died, and be
+        cut a moment later. Only a connection opened since (after :meth:`reset`) shows
+        that the database is back."""
+        outages = self._outages  # read before _down_since, which _outage sets first
         if self._down_since is None:
+            self._threads.outage = outages
             return
         with self._lock:
-            if self._down_since is None:
+            if self._down_since is None or getattr(self._threads, "outage", 0) < self._outages:
                 return
             lasted = time.monotonic() - self._down_since
             failures, self._down_since = self._failures, None
@@ -126,9 +133,9 @@ class DatabaseRetry:
             if self._down_since is None:
                 if getattr(self._threads, "outage", 0) < self._outages:
                     return  # the last outage's dead connection, now used again
-                self._outages += 1
-                self._down_since = time.monotonic()
                 self._failures = 0
+                self._down_since = time.monotonic()  # before the count: see reached()
+                self._outages += 1
                 first = True
             else:
                 first = False

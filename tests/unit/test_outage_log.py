@@ -1,0 +1,84 @@
+"""The outage log of a worker's threads: one WARNING and one INFO per outage, however
+the threads' connections die and answer around it."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from django_qtasks.worker.dbretry import DatabaseRetry
+
+
+class Lane:
+    """A thread of its own that runs the calls given to it, one at a time, in order:
+    DatabaseRetry keeps what it knows of each thread's connection per thread."""
+
+    def __init__(self) -> None:
+        self._calls: queue.Queue[Callable[[], object] | None] = queue.Queue()
+        self._done: queue.Queue[BaseException | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (call := self._calls.get()) is not None:
+            try:
+                call()
+            except BaseException as exc:  # handed to the test's thread
+                self._done.put(exc)
+            else:
+                self._done.put(None)
+
+    def do(self, call: Callable[[], object]) -> None:
+        self._calls.put(call)
+        if (exc := self._done.get(timeout=10)) is not None:
+            raise exc
+
+    def stop(self) -> None:
+        self._calls.put(None)
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture
+def lanes() -> Iterator[tuple[Lane, Lane]]:
+    pair = (Lane(), Lane())
+    yield pair
+    for lane in pair:
+        lane.stop()
+
+
+def outage_lines(caplog: pytest.LogCaptureFixture) -> tuple[int, int]:
+    records = [r for r in caplog.records if r.name == "django_qtasks.worker"]
+    down = sum("Database unreachable" in r.getMessage() for r in records)
+    back = sum("Database reachable again" in r.getMessage() for r in records)
+    return down, back
+
+
+def test_an_old_connection_answering_during_a_restart_does_not_end_the_outage(
+    lanes: tuple[Lane, Lane], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart ends the sessions one by one: thread B's old connection still answers
+    after thread A's died, then dies too. That is one outage, not two."""
+    caplog.set_level(logging.INFO, logger="django_qtasks.worker")
+    retry = DatabaseRetry("default", poll_interval=0.1, patience=1.0)
+    a, b = lanes
+    a.do(retry.reached)
+    b.do(retry.reached)
+    a.do(lambda: retry.lost_run("OperationalError: terminating connection"))
+    b.do(retry.reached)  # B's session is not ended yet
+    assert retry.down
+    a.do(retry.reached)  # A's new connection: the database is back
+    assert not retry.down
+    b.do(lambda: retry.lost_run("OperationalError: server closed the connection"))
+    assert outage_lines(caplog) == (1, 1)
+    assert not retry.down
+
+    # B's new connection works, then dies: a new outage.
+    b.do(retry.reached)
+    b.do(lambda: retry.lost_run("OperationalError: terminating connection"))
+    assert retry.down
+    b.do(retry.reached)
+    assert outage_lines(caplog) == (2, 2)
