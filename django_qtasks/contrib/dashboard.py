@@ -53,6 +53,9 @@ LIST_COUNT_CAP = 10_000
 DISTINCT_CAP = 500
 """Distinct queues or task names listed at most (filters, search, the queues table)."""
 
+UNKNOWN_STATUSES_CAP = 20
+"""Statuses outside the seven that the dashboard and ``qtasks_status`` name at most."""
+
 WORKERS_CAP = 200
 """Worker rows shown at most, newest heartbeat first."""
 
@@ -139,7 +142,7 @@ def status_counts() -> dict[str, Amount]:
     """Status -> rows in it, each count capped; capped ones become estimates on PostgreSQL.
 
     Each count reads the ``(status, created_at)`` index for one status, and stops at
-    :data:`SCAN_CAP`, so six bounded index reads instead of a table scan.
+    :data:`SCAN_CAP`, so one bounded index read per status instead of a table scan.
     """
     cap, alias = SCAN_CAP, _alias()
     counts = {s.value: _capped(reads.capped_status_count(alias, s, cap), cap) for s in TaskStatus}
@@ -149,6 +152,15 @@ def status_counts() -> dict[str, Amount]:
             if amount.kind != "exact" and estimates.get(status, 0) > amount.value:
                 counts[status] = Amount(estimates[status], "about")
     return counts
+
+
+def unknown_statuses() -> dict[str, Amount]:
+    """Statuses that are none of the seven -> rows in each, capped
+    (:func:`.reads.unknown_statuses`): rows no worker runs and no pruning deletes, which
+    only a person can fix."""
+    cap = SCAN_CAP
+    found = reads.unknown_statuses(_alias(), cap, UNKNOWN_STATUSES_CAP)
+    return {status: _capped(n, cap) for status, n in found.items()}
 
 
 @dataclass
@@ -437,6 +449,7 @@ def live_context(request: HttpRequest, model_admin: ModelAdmin[Any]) -> dict[str
     return {
         "now": now,
         "counts": status_counts(),
+        "unknown_statuses": unknown_statuses(),
         "queues": queues,
         "queues_capped": queues_capped,
         "throughput": throughput(now),

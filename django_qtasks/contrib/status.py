@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from django.utils import timezone
 
-from django_qtasks.contrib.dashboard import SCAN_CAP, queue_stats, workers
+from django_qtasks.contrib.dashboard import (
+    SCAN_CAP,
+    UNKNOWN_STATUSES_CAP,
+    queue_stats,
+    workers,
+)
 from django_qtasks.settings import get_settings
 from django_qtasks.storage import reads
 
@@ -82,6 +87,8 @@ class Status:
     queues_capped: bool  # more than SCAN_CAP active rows: the counts are lower bounds
     workers: list[WorkerStatus]
     recent: RecentOutcomes
+    # Statuses that are none of the seven -> rows (more than SCAN_CAP: SCAN_CAP + 1).
+    unknown_statuses: dict[str, int] = field(default_factory=dict)
 
     @property
     def live_workers(self) -> list[WorkerStatus]:
@@ -92,8 +99,9 @@ class Status:
     ) -> list[str]:
         """What ``qtasks_status --check`` fails on: a queue that no live worker serves
         (every queue named in ``queues``; otherwise every queue with tasks ready to
-        run), and a queue whose oldest ready task has waited more than ``max_age``
-        seconds (paused queues wait on purpose and are left out of that one)."""
+        run), a queue whose oldest ready task has waited more than ``max_age``
+        seconds (paused queues wait on purpose and are left out of that one), and rows
+        in a status that is none of the seven, which wait for a person forever."""
         by_name = {queue.name: queue for queue in self.queues}
         names = list(queues) if queues else [q.name for q in self.queues if q.ready]
         found = []
@@ -108,6 +116,12 @@ class Status:
                     f"queue {name!r}: the oldest ready task has waited {age:.0f} s "
                     f"(more than {max_age:g} s)"
                 )
+        for status, rows in self.unknown_statuses.items():
+            many = f"more than {SCAN_CAP:,}" if rows > SCAN_CAP else str(rows)
+            found.append(
+                f"status {status!r}: {many} task row(s) in a status no worker runs or "
+                "prunes; fix or delete them in the admin"
+            )
         return found
 
     def as_dict(self, problems: list[str] | None = None) -> dict[str, Any]:
@@ -121,6 +135,7 @@ class Status:
             "queues_capped": self.queues_capped,
             "workers": [asdict(worker) for worker in self.workers],
             "recent": recent,
+            "unknown_statuses": self.unknown_statuses,
             "problems": self.problems() if problems is None else problems,
         }
 
@@ -195,6 +210,9 @@ def read_status(window: float = DEFAULT_WINDOW, now: dt.datetime | None = None) 
         queues_capped=capped,
         workers=worker_status(now),
         recent=recent_outcomes(window, now),
+        unknown_statuses=reads.unknown_statuses(
+            get_settings().database, SCAN_CAP, UNKNOWN_STATUSES_CAP
+        ),
     )
 
 

@@ -63,7 +63,9 @@ def estimated_status_rows(alias: str) -> dict[str, int]:
     return {value: int(total * freq) for value, freq in zip(values, freqs, strict=False)}
 
 
-def distinct_values(alias: str, column: Literal["queue", "task_name"], limit: int) -> list[str]:
+def distinct_values(
+    alias: str, column: Literal["queue", "task_name", "status"], limit: int
+) -> list[str]:
     """The distinct values of ``column``, in order, at most ``limit`` of them.
 
     ``SELECT DISTINCT`` would read every row; this recursive query asks the index for
@@ -90,6 +92,17 @@ def capped_status_count(alias: str, status: str, cap: int) -> int:
     """Rows in ``status``, counted through the ``(status, created_at)`` index up to
     ``cap + 1`` (more than ``cap`` means "at least")."""
     return records(alias).filter(status=status).order_by()[: cap + 1].count()
+
+
+def unknown_statuses(alias: str, cap: int, limit: int) -> dict[str, int]:
+    """Statuses outside :class:`TaskStatus` -> their rows (each count capped at ``cap +
+    1``), at most ``limit`` of them: rows written by hand or by another release, which no
+    worker claims and no pruning deletes. The statuses come from a loose index scan of
+    the ``(status, created_at)`` index, so a table without such rows costs a handful of
+    index reads."""
+    known = set(TaskStatus.values)
+    found = [s for s in distinct_values(alias, "status", len(known) + limit) if s not in known]
+    return {status: capped_status_count(alias, status, cap) for status in found[:limit]}
 
 
 def active_queue_rows(alias: str, now: dt.datetime, cap: int) -> list[tuple[Any, ...]]:

@@ -3,9 +3,12 @@ the dashboard answer for them instead of failing with a 500."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json as json_lib
+from io import StringIO
 
 import pytest
+from django.core.management import call_command
 from django.urls import reverse
 
 from django_qtasks import app
@@ -38,6 +41,31 @@ def test_the_dashboard_shows_a_queue_whose_name_cannot_be_paused(admin_client) -
         assert response.status_code == 200
         assert b"a/b" in response.content
     assert app.get(task.uuid) is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_in_an_unknown_status_is_left_alone_and_shown(admin_client, run_worker) -> None:
+    """No worker claims, rescues or prunes a status it does not know; the dashboard
+    shows it on a card of its own whose link lists exactly those rows."""
+    odd, old = tasks.add.add_task(1, 2), tasks.add.add_task(0, 0)
+    good = tasks.add.add_task(2, 2)
+    assert run_worker() == 0
+    set_column(odd.uuid, "status", "paused")
+    for task in (odd, old):  # both finished long ago, as far as the columns tell
+        for column in ("run_after", "created_at", "updated_at", "finished_at"):
+            set_column(task.uuid, column, dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+    assert run_worker() == 0
+    call_command("qtasks_prune", "--older-than", "1d", stdout=StringIO())
+    assert not TaskRecord.objects.filter(uuid=old.uuid).exists()
+    assert TaskRecord.objects.get(uuid=good.uuid).returning == 4
+    row = TaskRecord.objects.get(uuid=odd.uuid)
+    assert (row.status, row.attempt, row.returning) == ("paused", 1, 3)
+    page = admin_client.get(DASHBOARD).content.decode()
+    assert "unknown status paused" in page
+    listed = admin_client.get(CHANGELIST, {"status__exact": "paused"})
+    assert listed.status_code == 200
+    assert str(odd.uuid) in listed.content.decode()
+    assert str(good.uuid) not in listed.content.decode()
 
 
 # Rows enqueueing would refuse: (column, value, whether JSON).

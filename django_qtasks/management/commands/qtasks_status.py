@@ -87,7 +87,7 @@ class Command(BaseCommand):
     help = (
         "Show the task queue's health: queues, workers and the recent failure rate. "
         "With --check, exit 1 (and say why on stderr) when a queue has no live worker "
-        "or has waited too long."
+        "or has waited too long, or task rows are in a status that is none of the seven."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -96,8 +96,8 @@ class Command(BaseCommand):
             "--check",
             action="store_true",
             help="Exit 1 when a queue with ready tasks (or one given with --queue) has no "
-            "live worker, or its oldest ready task is older than --max-age; 2 when the "
-            "database cannot be read.",
+            "live worker, or its oldest ready task is older than --max-age, or rows are "
+            "in an unknown status; 2 when the database cannot be read.",
         )
         parser.add_argument(
             "--queue",
