@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from django.utils import timezone
 
 from django_qtasks.exceptions import InvalidTaskCall
-from django_qtasks.settings import PRIORITY_MAX, PRIORITY_MIN, QUEUE_NAME_RE
+from django_qtasks.settings import MAX_COUNT, PRIORITY_MAX, PRIORITY_MIN, QUEUE_NAME_RE
 
 # What an argument may be is Storage's rule; here too, their old import path.
 from django_qtasks.storage.arguments import MAX_DEPTH as MAX_DEPTH
@@ -48,6 +48,16 @@ def validate_priority(priority: Any) -> int:
             f"got {priority}."
         )
     return priority
+
+
+def retry_problem(field: str, retries: Any) -> str | None:
+    """Why ``retries`` cannot be a task's retry count, or None: it is an integer from 0
+    to :data:`~django_qtasks.settings.MAX_COUNT`, as ``DEFAULT_RETRY`` is, far inside
+    the ``max_retries`` column (a count past it would fail only when enqueued, as a
+    database error). The callers raise their own API's exception with this text."""
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_COUNT:
+        return f"{field} must be an integer from 0 to {MAX_COUNT:,}, got {retries!r}"
+    return None
 
 
 def validate_queue(queue: Any, allowed: Sequence[str] | None) -> str:

@@ -35,6 +35,7 @@ from django_qtasks.api.options import (
     check_json,
     enqueue_options,
     resolve_run_after,
+    retry_problem,
     validate_key,
     validate_priority,
     validate_queue,
@@ -521,8 +522,8 @@ def _build_options(name: str, options: dict[str, Any]) -> TaskOptions:
     if values.get("queue") is not None:
         validate_queue(values["queue"], None)
     retry = values.get("retry")
-    if retry is not None and (isinstance(retry, bool) or not isinstance(retry, int) or retry < 0):
-        raise TaskRegistrationError(f"retry must be an integer >= 0, got {retry!r} ({name}).")
+    if retry is not None and (problem := retry_problem("retry", retry)):
+        raise TaskRegistrationError(f"{problem} ({name}).")
     exc_types = values.get("retry_on_exc") or ()
     if isinstance(exc_types, type):
         exc_types = (exc_types,)

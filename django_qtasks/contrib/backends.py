@@ -25,7 +25,7 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from django_qtasks import signals
-from django_qtasks.api.options import EnqueueOptions, check_json, validate_queue
+from django_qtasks.api.options import EnqueueOptions, check_json, retry_problem, validate_queue
 from django_qtasks.contrib.django_tasks import (
     BACKEND_TAG,
     PREFIX,
@@ -87,10 +87,8 @@ class QTask(AnyDjangoTask):
 
 def _check_options(task: QTask) -> None:
     retries = task.max_retries
-    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int)):
-        raise InvalidTask(f"max_retries must be an integer >= 0, got {retries!r}.")
-    if retries is not None and retries < 0:
-        raise InvalidTask(f"max_retries must be an integer >= 0, got {retries!r}.")
+    if retries is not None and (problem := retry_problem("max_retries", retries)):
+        raise InvalidTask(f"{problem}.")
     if not all(isinstance(e, type) and issubclass(e, BaseException) for e in task.retry_on_exc):
         raise InvalidTask("retry_on_exc must list exception classes.")
     for key in ("retry_backoff", "max_time"):

@@ -257,6 +257,7 @@ def test_a_task_is_checked_again_when_the_settings_change() -> None:
     [
         ({"max_retries": -1}, "max_retries"),
         ({"max_retries": True}, "max_retries"),
+        ({"max_retries": 2**31}, "max_retries must be an integer from 0 to 1,000,000"),
         ({"max_time": 0}, "max_time"),
         ({"retry_backoff": -1}, "retry_backoff"),
         ({"retry_on_exc": ["ValueError"]}, "retry_on_exc"),

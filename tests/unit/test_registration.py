@@ -91,6 +91,7 @@ def test_unknown_names_raise_task_not_registered(local_app):
         ({"retries": 3}, "Unknown option"),
         ({"retry": -1}, "retry must be an integer"),
         ({"retry": True}, "retry must be an integer"),
+        ({"retry": 2**40}, "retry must be an integer from 0 to 1,000,000, got 1099511627776"),
         ({"retry_on_exc": ["ValueError"]}, "retry_on_exc must list exception classes"),
         ({"max_time": 0}, "max_time must be a positive number"),
         ({"retry_backoff": -1}, "retry_backoff must be a positive number"),
