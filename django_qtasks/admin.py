@@ -54,7 +54,7 @@ from django_qtasks.templatetags.qtasks_admin import EMPTY
 from django_qtasks.templatetags.qtasks_admin import qtasks_duration as format_duration
 from django_qtasks.templatetags.qtasks_admin import qtasks_short_time as _short_time
 from django_qtasks.templatetags.qtasks_admin import qtasks_time as _full_time
-from django_qtasks.values import progress_fraction
+from django_qtasks.values import error_entries, progress_fraction
 
 if TYPE_CHECKING:
     TaskRecordAdminBase = admin.ModelAdmin[TaskRecord]
@@ -480,7 +480,7 @@ class TaskRecordAdmin(TaskRecordAdminBase):
     @admin.display(description=gettext_lazy("history"))
     def error_history(self, task: TaskRecord) -> SafeString | str:
         """One row per failed attempt (``errors``), oldest first, traceback folded."""
-        entries = [e for e in task.errors if isinstance(e, dict)] if task.errors else []
+        entries = error_entries(task.errors)
         if not entries:
             return _("No failed attempts.")
         rows = format_html_join(

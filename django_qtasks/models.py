@@ -7,7 +7,9 @@ stays fast however many finished rows pile up.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 import uuid as uuid_lib
 from typing import Any
@@ -40,18 +42,35 @@ def uuid7s(count: int) -> list[uuid_lib.UUID]:
     return uuids
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # where a lone one could come from
+
+
+def _utf8(value: Any) -> bool:
+    """Whether every string in the decoded JSON ``value`` can be encoded as UTF-8."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except (UnicodeEncodeError, RecursionError, ValueError):
+        return False
+    return True
+
+
 class StoredJSONField(models.JSONField):
     """A JSON column that reads back whatever is stored in it. Django returns text that
     is not JSON as the text; this does the same for JSON that Python cannot decode
     (nested past its recursion limit, an integer past its digit limit), which a row
     written by another program may hold: one such row must not fail every query that
-    lists it. Migrations see a plain ``JSONField``."""
+    lists it. JSON whose ``\\u`` escapes make a lone surrogate (SQLite and MariaDB keep
+    it) is read as its text too: no page could be encoded with the string in it.
+    Migrations see a plain ``JSONField``."""
 
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
         try:
-            return super().from_db_value(value, expression, connection)
+            decoded = super().from_db_value(value, expression, connection)
         except (RecursionError, ValueError):
             return value
+        if isinstance(value, str) and _SURROGATE_ESCAPE.search(value) and not _utf8(decoded):
+            return value
+        return decoded
 
     def deconstruct(self) -> Any:
         name, _path, args, kwargs = super().deconstruct()

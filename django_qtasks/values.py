@@ -43,6 +43,15 @@ def progress_fraction(progress: Any) -> float | None:
     return float(min(max(fraction, 0.0), 1.0)) if math.isfinite(fraction) else None
 
 
+def error_entries(errors: Any) -> list[dict[str, Any]]:
+    """The entries of a task's error history (``errors``: a list of objects, one per
+    failed attempt) that are objects; anything else a row written by another program
+    holds there (a number, text, an object instead of the list) is left out."""
+    if not isinstance(errors, list):
+        return []
+    return [entry for entry in errors if isinstance(entry, dict)]
+
+
 class ProjectApp(Protocol):
     """What ``Task.cancel()`` and ``Task.refresh()`` use of the project's app."""
 

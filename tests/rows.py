@@ -23,11 +23,12 @@ def set_column(task_uuid: object, column: str, value: object, *, json: bool = Fa
 
 def written(task_uuid: object, column: str, value: object, *, json: bool = False) -> bool:
     """Whether the database took the value: PostgreSQL's jsonb and MariaDB's JSON check
-    refuse some of what SQLite's text keeps (the database is then the guard itself)."""
+    refuse some of what SQLite's text keeps (the database is then the guard itself), and
+    no driver sends a lone surrogate."""
     try:
         with transaction.atomic():
             set_column(task_uuid, column, value, json=json)
-    except DatabaseError:
+    except (DatabaseError, UnicodeEncodeError):
         return False
     return True
 

@@ -27,7 +27,7 @@ from django.apps import apps
 
 from django_qtasks.api.task import BaseTask, TaskOptions, is_async_callable
 from django_qtasks.models import TaskStatus
-from django_qtasks.values import Outcome, Task
+from django_qtasks.values import Outcome, Task, error_entries
 from django_qtasks.worker.context import TaskSelf
 from django_qtasks.worker.executor import not_json_result
 
@@ -279,8 +279,9 @@ def to_task_result(
             run_after=run_after,
             backend=alias,
         )
-    if task.errors:
-        by_attempt = {entry.get("attempt"): entry.get("worker_id") for entry in task.errors}
+    entries = error_entries(task.errors)
+    if entries:
+        by_attempt = {entry.get("attempt"): entry.get("worker_id") for entry in entries}
         worker_ids = [
             by_attempt.get(attempt) or task.worker_id for attempt in range(1, task.attempt + 1)
         ]
@@ -302,7 +303,7 @@ def to_task_result(
                 exception_class_path=str(entry.get("type", "")),
                 traceback=str(entry.get("traceback") or entry.get("message") or ""),
             )
-            for entry in task.errors
+            for entry in entries
         ],
         worker_ids=worker_ids,
     )

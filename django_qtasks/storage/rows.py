@@ -25,6 +25,7 @@ from django_qtasks.models import (
     TaskStatus,
     uuid7s,
 )
+from django_qtasks.settings import MAX_COUNT
 from django_qtasks.storage.arguments import MAX_DEPTH, check_json
 from django_qtasks.values import Task, TaskSpec
 
@@ -373,6 +374,10 @@ def _check_columns(values: dict[str, Any]) -> str | None:
             problem = problem or f"its {name} ({value!r:.80}) is not {kind}"
     if problem is None and not 0 <= values["attempt"] < MAX_ATTEMPT:
         problem = f"its attempt ({values['attempt']}) is at the limit of its column"
+    if problem is None and not 0 <= values["max_retries"] <= MAX_COUNT:
+        # More than a task may be defined with: nothing the queue wrote, and a row that
+        # could keep a worker retrying it for good.
+        problem = f"its max_retries ({values['max_retries']}) is more than {MAX_COUNT:,}"
     return problem
 
 

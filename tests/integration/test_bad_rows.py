@@ -78,6 +78,7 @@ BAD_ROWS: list[tuple[str, object, bool]] = [
     ("kwargs", "[1]", True),
     ("args", "not json", True),
     ("attempt", MAX_ATTEMPT, False),  # the claim would overflow it
+    ("max_retries", MAX_ATTEMPT, False),  # retried for good
     ("priority", "high", False),  # SQLite keeps text in an integer column
     ("run_after", "2000-13-45 00:00:00", False),  # ... and a time that is none
 ]

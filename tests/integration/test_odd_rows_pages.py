@@ -36,6 +36,7 @@ ODD_ROWS: dict[str, list[tuple[str, object, bool]]] = {
     "kwargs-text": [("kwargs", '"x"', True)],
     "errors-object": [("status", "error", False), ("errors", '{"type": "x"}', True)],
     "errors-text": [("status", "retry", False), ("errors", '"boom"', True)],
+    "errors-number": [("status", "error", False), ("errors", "5", True)],
     "errors-odd-items": [("errors", '[1, "x", null, {"type": 5, "message": {"m": [1]}}]', True)],
     "progress-list": [("progress", "[1, 2]", True)],
     "progress-text": [("progress", '"half"', True)],
@@ -52,6 +53,8 @@ ODD_ROWS: dict[str, list[tuple[str, object, bool]]] = {
     "empty-status": [("status", "", False)],
     "huge-attempt": [("attempt", 2**31 - 1, False), ("max_retries", 2**31 - 1, False)],
     "huge-limits": [("concurrency_key", "k", False), ("max_concurrency", 2**31 - 1, False)],
+    "lone-surrogate": [("args", '["\\ud800"]', True), ("tags", '["a\\udfff"]', True)],
+    "surrogate-pair": [("args", '["\\ud83d\\ude42"]', True)],  # an escaped emoji: fine
     "not-json": [("args", "not json", True), ("kwargs", "{", True)],
 }
 

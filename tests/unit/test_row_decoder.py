@@ -101,6 +101,7 @@ def test_the_depth_walk_agrees_with_a_recursive_count(value: Any, extra: int, li
     [
         ({"args": "not json"}, "cannot be decoded"),
         ({"attempt": MAX_ATTEMPT}, "attempt (2147483647) is at the limit"),
+        ({"max_retries": 2**31 - 1}, "max_retries (2147483647) is more than 1,000,000"),
         ({"priority": "high"}, "priority ('high') is not an integer"),
         ({"task_name": 7}, "task_name (7) is not text"),
     ],
