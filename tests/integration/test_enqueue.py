@@ -312,6 +312,43 @@ def test_add_task_prepares_its_insert_once_per_session():
 
 
 @pytest.mark.postgres
+def test_a_tasks_own_insert_stores_odd_names_and_tags_exactly() -> None:
+    """On PostgreSQL a common task's name, queue, priority, retries and tags are written
+    into its INSERT's text (fewer parameters); quotes, ``%`` and backslashes in them
+    must come back exactly, and each task keeps a statement of its own."""
+    from django_qtasks.api.queue_tasks import QueueTasks
+    from django_qtasks.settings import QTasksSettings
+
+    from django.test.utils import CaptureQueriesContext
+
+    local = QueueTasks(QTasksSettings())
+    odd = ["quote'd", "per%cent %(uuid)s %s", "ünï ✓ 😀", "semi;colon --", 'dq"', "back\\slash"]
+    made = []
+    with CaptureQueriesContext(connection) as queries:
+        for n, text in enumerate(odd):
+            local.task(name=f"odd.{text}", tags=[text], retry=n, priority=n - 2)(lambda x: x)
+            made.append(local.add_task(f"odd.{text}", text, queue=f"q{n}"))
+            made.append(local.add_task(f"odd.{text}", text, queue=f"q{n}"))  # the same again
+    # Three have statements of their own; a backslash in the name or the tags (JSON
+    # escapes a quote and any non-ASCII character with one) takes the one with parameters.
+    literal = [q["sql"] for q in queries if "'odd." in q["sql"]]
+    assert len(literal) == 6
+    assert len(set(literal)) == 3
+    for task in made:
+        record = TaskRecord.objects.get(uuid=task.uuid)
+        text = task.args[0]
+        assert record.task_name == f"odd.{text}"
+        assert record.tags == [text]
+        assert (record.queue, record.priority, record.max_retries) == (
+            task.queue, task.priority, task.max_retries,
+        )  # fmt: skip
+        assert (record.args, record.status, record.errors, record.unique_key) == (
+            [text], "new", [], None,
+        )  # fmt: skip
+        assert record.run_after == record.created_at == record.updated_at
+
+
+@pytest.mark.postgres
 def test_django_logs_the_insert_with_its_text():
     """Where Django logs queries (DEBUG, assertNumQueries, debug toolbars), the INSERT
     is there with its SQL, as Django's own queries are."""
