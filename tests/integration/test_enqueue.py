@@ -316,10 +316,10 @@ def test_a_tasks_own_insert_stores_odd_names_and_tags_exactly() -> None:
     """On PostgreSQL a common task's name, queue, priority, retries and tags are written
     into its INSERT's text (fewer parameters); quotes, ``%`` and backslashes in them
     must come back exactly, and each task keeps a statement of its own."""
+    from django.test.utils import CaptureQueriesContext
+
     from django_qtasks.api.queue_tasks import QueueTasks
     from django_qtasks.settings import QTasksSettings
-
-    from django.test.utils import CaptureQueriesContext
 
     local = QueueTasks(QTasksSettings())
     odd = ["quote'd", "per%cent %(uuid)s %s", "ünï ✓ 😀", "semi;colon --", 'dq"', "back\\slash"]
