@@ -51,11 +51,19 @@ class DatabaseRetry:
         self._lock = threading.Lock()
         self._down_since: float | None = None  # monotonic; None while the database answers
         self._failures = 0  # failed operations in the current outage
-        # Outages so far. Each thread notes the one its connection was last known
-        # good after (or dropped in), to tell a new outage from a connection that
-        # died in the last one and is only now used again.
+        # Outages so far. Each thread notes how many there had been when its connection
+        # was opened (0: before any), to tell a new outage from a connection that died
+        # in the last one and is only now used again.
         self._outages = 0
         self._threads = threading.local()
+        # The last outage was ended by a connection older than it: proof enough that
+        # the database answers (one session cut by pg_terminate_backend()), but during
+        # a restart such a session may still answer while the server stops. Until a
+        # connection opened since answers too, a failure of one opened in that outage
+        # (a retry's) goes on with it, without a second WARNING or INFO.
+        self._ended_by_old = False
+        self._quiet_end = False
+        self._last_down_since = 0.0
 
     @classmethod
     def for_settings(cls, settings: QTasksSettings, *, poll_interval: float = 1.0) -> DatabaseRetry:
@@ -73,26 +81,28 @@ class DatabaseRetry:
     def reset(self) -> None:
         """Drop the connection after a database error; the next query opens a new one."""
         reset_connection(self.alias)
-        self._threads.outage = self._outages
+        self._threads.opened_in = self._outages
 
     def reached(self) -> None:
         """A database operation of this thread succeeded: the end of an outage, if one
-        was on and this thread's connection is newer than its start. Cheap otherwise
-        (it is on the claim and completion paths).
-
-        A connection older than the outage proves nothing: a restart ends the server's
-        sessions one by one, so one may still answer after another has died, and be
-        cut a moment later. Only a connection opened since (after :meth:`reset`) shows
-        that the database is back."""
-        outages = self._outages  # read before _down_since, which _outage sets first
+        was on. Cheap otherwise (it is on the claim and completion paths)."""
+        opened = getattr(self._threads, "opened_in", None)
+        if opened is None:  # this thread's first success: its connection works now
+            opened = self._threads.opened_in = self._outages - (self._down_since is not None)
+        fresh = opened >= self._outages
         if self._down_since is None:
-            self._threads.outage = outages
+            if fresh and self._ended_by_old:
+                self._ended_by_old = False  # a connection opened since answers: it is over
             return
         with self._lock:
-            if self._down_since is None or getattr(self._threads, "outage", 0) < self._outages:
+            if self._down_since is None:
                 return
             lasted = time.monotonic() - self._down_since
             failures, self._down_since = self._failures, None
+            quiet, self._quiet_end = self._quiet_end, False
+            self._ended_by_old = not fresh
+        if quiet:
+            return
         logger.info(
             "Database reachable again after %.1f s (%d failed operation(s) retried meanwhile)",
             lasted,
@@ -127,18 +137,23 @@ class DatabaseRetry:
 
     def _outage(self, cause: str) -> None:
         """Count a lost connection; the first of an outage is a WARNING. A connection
-        this thread has not used since before the last outage died in that one (a
-        restart ends every session): its failure belongs to it and opens none."""
+        opened before the last outage died in that one (a restart ends every session):
+        its failure belongs to it and opens none."""
         with self._lock:
+            first = False
             if self._down_since is None:
-                if getattr(self._threads, "outage", 0) < self._outages:
+                if getattr(self._threads, "opened_in", 0) < self._outages:
                     return  # the last outage's dead connection, now used again
-                self._failures = 0
-                self._down_since = time.monotonic()  # before the count: see reached()
-                self._outages += 1
-                first = True
-            else:
-                first = False
+                if self._ended_by_old:
+                    # A retry's connection fails after a dying session had answered: the
+                    # same outage goes on, already logged.
+                    self._ended_by_old, self._quiet_end = False, True
+                    self._down_since = self._last_down_since
+                else:
+                    self._failures = 0
+                    self._down_since = self._last_down_since = time.monotonic()
+                    self._outages += 1
+                    first = True
             self._failures += 1
         if first:
             logger.warning(

@@ -57,11 +57,12 @@ def outage_lines(caplog: pytest.LogCaptureFixture) -> tuple[int, int]:
     return down, back
 
 
-def test_an_old_connection_answering_during_a_restart_does_not_end_the_outage(
+def test_a_restart_that_ends_the_sessions_one_by_one_is_one_outage(
     lanes: tuple[Lane, Lane], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A restart ends the sessions one by one: thread B's old connection still answers
-    after thread A's died, then dies too. That is one outage, not two."""
+    """A restart ends the sessions one by one: thread B's old session still answers
+    after thread A's died, then A's reconnect fails (the server is stopping), then B's
+    session dies too. That is one outage, one WARNING and one INFO, not two."""
     caplog.set_level(logging.INFO, logger="django_qtasks.worker")
     retry = DatabaseRetry("default", poll_interval=0.1, patience=1.0)
     a, b = lanes
@@ -69,16 +70,37 @@ def test_an_old_connection_answering_during_a_restart_does_not_end_the_outage(
     b.do(retry.reached)
     a.do(lambda: retry.lost_run("OperationalError: terminating connection"))
     b.do(retry.reached)  # B's session is not ended yet
+    a.do(lambda: retry.lost_run("OperationalError: connection refused"))  # A's retry
     assert retry.down
+    b.do(lambda: retry.lost_run("OperationalError: server closed the connection"))
     a.do(retry.reached)  # A's new connection: the database is back
     assert not retry.down
-    b.do(lambda: retry.lost_run("OperationalError: server closed the connection"))
     assert outage_lines(caplog) == (1, 1)
-    assert not retry.down
 
     # B's new connection works, then dies: a new outage.
     b.do(retry.reached)
     b.do(lambda: retry.lost_run("OperationalError: terminating connection"))
     assert retry.down
+    b.do(retry.reached)
+    assert outage_lines(caplog) == (2, 2)
+
+
+def test_one_cut_session_ends_when_another_answers(
+    lanes: tuple[Lane, Lane], caplog: pytest.LogCaptureFixture
+) -> None:
+    """pg_terminate_backend() of one session: the others answer, and that is the end of
+    it, though none of them is newer than the cut."""
+    caplog.set_level(logging.INFO, logger="django_qtasks.worker")
+    retry = DatabaseRetry("default", poll_interval=0.1, patience=1.0)
+    a, b = lanes
+    a.do(retry.reached)
+    b.do(retry.reached)
+    a.do(lambda: retry.lost_run("OperationalError: terminating connection"))
+    b.do(retry.reached)
+    assert not retry.down
+    assert outage_lines(caplog) == (1, 1)
+    # Later, A's new connection is cut too: a new outage, not the old one going on.
+    a.do(retry.reached)
+    a.do(lambda: retry.lost_run("OperationalError: terminating connection"))
     b.do(retry.reached)
     assert outage_lines(caplog) == (2, 2)
