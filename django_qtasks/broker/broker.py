@@ -1,18 +1,19 @@
-"""Broker: takes new tasks, hands ready ones to the Worker, proxies reads to Storage.
+"""Broker: the worker side's way to Storage and GlobalConfig, and its wait for work.
 
-It owns (and starts) Storage. Waiting for work is the Broker's job too: polling on
-every database, and a wake-up channel where the database has one.
+It owns (and starts) Storage, and hands it out as ``broker.storage`` rather than
+restating its methods. Its own jobs: waiting for work (polling on every database, and
+a wake-up channel where the database has one), and the workers' heartbeats and the
+queues' pause flags in GlobalConfig.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
 import time
-import uuid as uuid_lib
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
-from typing import Any
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 
@@ -20,13 +21,11 @@ from django_qtasks.broker.listener import Listener
 from django_qtasks.global_config.counters import retire_orphans
 from django_qtasks.global_config.global_config import BaseGlobalConfig
 from django_qtasks.global_config.shapes import queue_flag_fault, worker_fault
-from django_qtasks.models import FINISHED_STATUSES
 from django_qtasks.settings import QTasksSettings, import_component
 from django_qtasks.signals import component_started, component_stopped
 from django_qtasks.storage.build import storage_class
 from django_qtasks.storage.cursors import session_state_wanted
-from django_qtasks.storage.interface import QUEUES, WORKERS, BaseStorage, LastRun
-from django_qtasks.values import Outcome, Task, TaskSpec
+from django_qtasks.storage.interface import QUEUES, WORKERS, BaseStorage
 
 
 def build_broker(settings: QTasksSettings) -> BaseBroker:
@@ -39,15 +38,30 @@ def build_broker(settings: QTasksSettings) -> BaseBroker:
     return broker
 
 
+# Storage's methods the Broker used to restate. They still answer on a Broker for one
+# release, with a DeprecationWarning: call them on ``broker.storage``.
+DEPRECATED_FORWARDS = frozenset({
+    "add", "add_many", "add_flow", "get", "claim", "finish", "finish_many", "set_progress",
+    "cancel", "cancel_requests", "requeue", "rescue", "rescue_run", "release",
+    "next_run_after", "add_scheduled", "last_schedule_runs", "prune", "count_prunable",
+    "prune_schedule_runs",
+})  # fmt: skip
+
+
 class BaseBroker(ABC):
-    """The interface every Broker implements."""
+    """The interface every Broker implements.
+
+    A Broker holds the Storage (``storage``) and the GlobalConfig (``config``) and is
+    the worker side's path to both: the worker calls ``broker.storage.claim(...)``,
+    not a Broker method that passes it on. What the Broker does itself is what no
+    Storage call says: waiting for work (:meth:`wait_for_work`), and the workers' and
+    queues' state in GlobalConfig (heartbeats, paused queues)."""
 
     component_name = "broker"
 
     def __init__(self, settings: QTasksSettings, storage: BaseStorage) -> None:
         self.settings = settings
         self.storage = storage
-        # The worker side reaches GlobalConfig through the Broker, as it does Storage.
         self.config: BaseGlobalConfig = storage.global_config
 
     def start(self) -> None:
@@ -58,34 +72,18 @@ class BaseBroker(ABC):
         self.storage.stop()
         component_stopped.send(sender=type(self), component=self, name=self.component_name)
 
-    @abstractmethod
-    def add(self, spec: TaskSpec) -> tuple[Task, bool]:
-        """Store a new task; see :meth:`BaseStorage.add`."""
+    if not TYPE_CHECKING:  # hidden from mypy, so that a typo on a Broker stays an error
 
-    @abstractmethod
-    def add_many(self, specs: Sequence[TaskSpec]) -> list[Task]:
-        """Store many new tasks at once; see :meth:`BaseStorage.add_many`."""
-
-    @abstractmethod
-    def get(self, uuid: uuid_lib.UUID | str) -> Task | None: ...
-
-    @abstractmethod
-    def claim(
-        self,
-        worker_id: str,
-        queues: Sequence[str] | None,
-        limit: int,
-        *,
-        exclude: Collection[str] = (),
-        uuids: Collection[uuid_lib.UUID] | None = None,
-    ) -> list[Task]:
-        """Claim ready tasks for ``worker_id``; see :meth:`BaseStorage.claim`."""
-
-    @abstractmethod
-    def finish_many(self, items: Sequence[tuple[Task, Outcome]]) -> list[bool]: ...
-
-    def finish(self, task: Task, outcome: Outcome) -> bool:
-        return self.finish_many([(task, outcome)])[0]
+        def __getattr__(self, name: str) -> Any:
+            # Only reached for what the instance and its class lack: the old forwards.
+            if name in DEPRECATED_FORWARDS:
+                warnings.warn(
+                    f"Broker.{name}() is deprecated; call broker.storage.{name}() instead.",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                return getattr(self.storage, name)
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @abstractmethod
     def wait_for_work(
@@ -97,48 +95,13 @@ class BaseBroker(ABC):
         """Return when work may be ready in ``queues``, after ``timeout`` at the latest,
         or on ``stop``."""
 
-    # Shared by every Broker: they only pass through to Storage and GlobalConfig.
-    def set_progress(self, uuid: uuid_lib.UUID, progress: dict[str, Any]) -> None:
-        self.storage.set_progress(uuid, progress)
-
-    def cancel(self, uuid: uuid_lib.UUID | str, reason: str = "") -> Task | None:
-        return self.storage.cancel(uuid, reason)
-
-    def add_flow(self, specs: Sequence[TaskSpec]) -> list[Task]:
-        """Store the tasks of a chain or group; see :meth:`BaseStorage.add_flow`."""
-        return self.storage.add_flow(specs)
-
-    def cancel_requests(self, worker_id: str) -> set[uuid_lib.UUID]:
-        return self.storage.cancel_requests(worker_id)
-
-    def rescue(
-        self,
-        worker_id: str | None = None,
-        *,
-        crashed: bool = True,
-        keep: Collection[uuid_lib.UUID] = (),
-    ) -> list[tuple[uuid_lib.UUID, str]]:
-        return self.storage.rescue(worker_id, crashed=crashed, keep=keep)
-
-    def rescue_run(self, task: Task, why: str, *, delay: float = 0.0) -> str | None:
-        """Rescue one run its worker lost; see :meth:`BaseStorage.rescue_run`."""
-        return self.storage.rescue_run(task, why, delay=delay)
-
-    def release(self, worker_id: str, uuids: Collection[uuid_lib.UUID]) -> int:
-        """Hand back claimed tasks that never started; see :meth:`BaseStorage.release`."""
-        return self.storage.release(worker_id, uuids)
-
+    # -- the workers and queues, in GlobalConfig ------------------------------------------
     def heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
         """Say this worker is alive for ``ttl`` more seconds."""
         self.config.set(WORKERS, worker_id, info, ttl=ttl)
 
     def forget_worker(self, worker_id: str) -> None:
         self.config.delete(WORKERS, worker_id)
-
-    def next_run_after(
-        self, queues: Sequence[str] | None, exclude: Collection[str] = ()
-    ) -> dt.datetime | None:
-        return self.storage.next_run_after(queues, exclude)
 
     def live_workers(self) -> dict[str, Any]:
         return self.config.valid_items(WORKERS, worker_fault)
@@ -152,9 +115,6 @@ class BaseBroker(ABC):
             retire_orphans(config, config.items(WORKERS))
         return forgotten
 
-    def requeue(self, uuid: uuid_lib.UUID | str) -> Task | None:
-        return self.storage.requeue(uuid)
-
     def set_queue_paused(self, queue: str, paused: bool) -> None:
         config = self.config
         if paused:
@@ -166,57 +126,10 @@ class BaseBroker(ABC):
         items = self.config.valid_items(QUEUES, queue_flag_fault)
         return {queue for queue, value in items.items() if value.get("paused")}
 
-    # Schedules and retention: Storage does the work (docs/periodic-tasks.md, retention.md).
-    def add_scheduled(
-        self, schedule: str, tick: dt.datetime, spec: TaskSpec, worker_id: str = ""
-    ) -> Task | None:
-        return self.storage.add_scheduled(schedule, tick, spec, worker_id)
-
-    def last_schedule_runs(self, names: Collection[str]) -> dict[str, LastRun]:
-        return self.storage.last_schedule_runs(names)
-
-    def prune(
-        self,
-        before: dt.datetime,
-        statuses: Collection[str] = FINISHED_STATUSES,
-        limit: int = 1000,
-    ) -> int:
-        return self.storage.prune(before, statuses, limit)
-
-    def count_prunable(
-        self, before: dt.datetime, statuses: Collection[str] = FINISHED_STATUSES
-    ) -> int:
-        return self.storage.count_prunable(before, statuses)
-
-    def prune_schedule_runs(self, before: dt.datetime, limit: int = 1000) -> int:
-        return self.storage.prune_schedule_runs(before, limit)
-
 
 class DjangoBroker(BaseBroker):
-    """The Broker for the Django ORM storage: claims through Storage, polls for work."""
-
-    def add(self, spec: TaskSpec) -> tuple[Task, bool]:
-        return self.storage.add(spec)
-
-    def add_many(self, specs: Sequence[TaskSpec]) -> list[Task]:
-        return self.storage.add_many(specs)
-
-    def get(self, uuid: uuid_lib.UUID | str) -> Task | None:
-        return self.storage.get(uuid)
-
-    def claim(
-        self,
-        worker_id: str,
-        queues: Sequence[str] | None,
-        limit: int,
-        *,
-        exclude: Collection[str] = (),
-        uuids: Collection[uuid_lib.UUID] | None = None,
-    ) -> list[Task]:
-        return self.storage.claim(worker_id, queues, limit, exclude=exclude, uuids=uuids)
-
-    def finish_many(self, items: Sequence[tuple[Task, Outcome]]) -> list[bool]:
-        return self.storage.finish_many(items)
+    """The Broker for the Django ORM storage: polls for work, and listens for it where
+    the database can notify (PostgreSQL)."""
 
     def __init__(self, settings: QTasksSettings, storage: BaseStorage) -> None:
         super().__init__(settings, storage)

@@ -98,7 +98,7 @@ class ClaimLoop:
             if self._db_failures or self._orphans:
                 self._reclaim_orphans()
                 self._orphans = False
-            claimed = broker.claim(self.worker_id, self.queues, free, exclude=self.paused)
+            claimed = broker.storage.claim(self.worker_id, self.queues, free, exclude=self.paused)
             self._db_failures = 0
             self.retry.reached()
         except DatabaseError:
@@ -130,13 +130,13 @@ class ClaimLoop:
     def _reclaim_orphans(self) -> None:
         """After a failed claim, hand back rows the claim may have marked ours anyway
         (it committed, but the reply was lost), so they do not sit in ``process``."""
-        self.broker.rescue(self.worker_id, crashed=False, keep=self.slots.held())
+        self.broker.storage.rescue(self.worker_id, crashed=False, keep=self.slots.held())
 
     def _idle_for(self) -> float:
         """How long to sleep with nothing ready: until the earliest delayed task is due,
         a poll interval at most (new tasks wake the worker sooner, on PostgreSQL)."""
         try:
-            due = self.broker.next_run_after(self.queues, self.paused)
+            due = self.broker.storage.next_run_after(self.queues, self.paused)
         except DatabaseError:
             self.retry.failed("Reading when the next task is due failed", action="next_due_failed")
             return self.poll_interval
@@ -155,7 +155,7 @@ class ClaimLoop:
         """Release claimed tasks that never started; if the database is away, they wait
         in the buffer again (a shutdown's are left to the worker's rescue as it leaves)."""
         try:
-            self.broker.release(self.worker_id, [task.uuid for task in tasks])
+            self.broker.storage.release(self.worker_id, [task.uuid for task in tasks])
         except DatabaseError:
             self.retry.failed(
                 "Could not hand back %d claimed task(s)", len(tasks), action="hand_back_failed"

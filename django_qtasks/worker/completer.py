@@ -196,7 +196,7 @@ class Completer:
         rescue, so a task whose outcome never stores stops after ``MAX_RESCUES``)."""
         why = "its worker could not store its outcome"
         try:
-            handed = self.broker.rescue_run(done.task, why) is not None
+            handed = self.broker.storage.rescue_run(done.task, why) is not None
         except Exception:
             logger.exception(
                 "Task %s: neither its outcome nor its hand-back could be stored; it is "
@@ -218,9 +218,9 @@ class Completer:
         attempt unspent). For each, whether the row was still this worker's."""
         broker = self.broker
         if not any(done.outcome.lost for done in batch):  # the common case: one statement
-            return broker.finish_many([(done.task, done.outcome) for done in batch])
+            return broker.storage.finish_many([(done.task, done.outcome) for done in batch])
         finished = iter(
-            broker.finish_many([(d.task, d.outcome) for d in batch if not d.outcome.lost])
+            broker.storage.finish_many([(d.task, d.outcome) for d in batch if not d.outcome.lost])
         )
         stored = []
         for done in batch:
@@ -229,7 +229,7 @@ class Completer:
                 continue
             why = f"the database cut its worker's connection ({exception_text(done.outcome)})"
             delay = _seconds_until(done.outcome.run_after)
-            stored.append(broker.rescue_run(done.task, why, delay=delay) is not None)
+            stored.append(broker.storage.rescue_run(done.task, why, delay=delay) is not None)
         return stored
 
 

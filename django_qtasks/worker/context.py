@@ -75,7 +75,7 @@ class TaskContext:
         It is also a cancellation point: if someone cancelled the task, it raises
         :class:`TaskCancelled` instead."""
         self.check_cancelled()
-        self.definition.app.broker.set_progress(
+        self.definition.app.broker.storage.set_progress(
             self.task_uuid, {"done": done, "total": total, "message": message}
         )
 

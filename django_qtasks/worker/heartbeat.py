@@ -114,13 +114,13 @@ class Heartbeat:
         self.touch()
         self.on_paused(self.broker.paused_queues())
         if self.running():
-            requested = self.broker.cancel_requests(self.worker_id)
+            requested = self.broker.storage.cancel_requests(self.worker_id)
             if requested:
                 self.on_cancel(requested)
         now = time.monotonic()
         if now >= self._next_rescue:
             self._next_rescue = now + self.settings.rescue_interval
-            self.broker.rescue()
+            self.broker.storage.rescue()
             self.broker.forget_dead_workers()
             if self.settings.prune_after is not None:
                 self.prune()
@@ -131,8 +131,8 @@ class Heartbeat:
         assert self.settings.prune_after is not None
         before = timezone.now() - dt.timedelta(seconds=self.settings.prune_after)
         limit = self.settings.prune_batch_size
-        deleted = self.broker.prune(before, limit=limit)
-        self.broker.prune_schedule_runs(before, limit=limit)
+        deleted = self.broker.storage.prune(before, limit=limit)
+        self.broker.storage.prune_schedule_runs(before, limit=limit)
         return deleted
 
     def _run(self) -> None:

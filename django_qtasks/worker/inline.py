@@ -5,8 +5,8 @@ is the Worker's own code path without its threads: :class:`InlineWorker` is a
 :class:`~django_qtasks.worker.ThreadWorker` whose ``process()`` (the task context,
 the executor with its middlewares, retries and time limits, the signals) runs in the
 calling thread, and whose outcomes are stored at once by its completer's ``store``
-(``broker.finish_many``, the log line, ``task_finished``). Tasks are claimed through
-``broker.claim`` like on ``qtasks_worker``. So a task ends with the same status, the
+(``broker.storage.finish_many``, the log line, ``task_finished``). Tasks are claimed through
+``broker.storage.claim`` like on ``qtasks_worker``. So a task ends with the same status, the
 same error history and the same row in a test as in production.
 
 Running in the caller's thread also means running on the caller's database
@@ -80,7 +80,7 @@ class InlineWorker(ThreadWorker):
     ) -> Task | None:
         """Claim one waiting task, whatever its ``run_after``, and run it (see
         :meth:`run_claimed`). ``None`` if it was not waiting or its queue is excluded."""
-        claimed = self.broker.claim(self.worker_id, None, 1, exclude=exclude, uuids=[uuid])
+        claimed = self.broker.storage.claim(self.worker_id, None, 1, exclude=exclude, uuids=[uuid])
         return self.run_claimed(claimed[0], retries=retries) if claimed else None
 
     def run_claimed(self, task: Task, *, retries: bool = True) -> Task:
@@ -90,10 +90,10 @@ class InlineWorker(ThreadWorker):
         broker = self.broker
         while True:
             self.process(task)
-            stored = broker.get(task.uuid)
+            stored = broker.storage.get(task.uuid)
             if stored is None or not retries or stored.status != TaskStatus.RETRY:
                 return stored or task
-            claimed = broker.claim(self.worker_id, None, 1, uuids=[task.uuid])
+            claimed = broker.storage.claim(self.worker_id, None, 1, uuids=[task.uuid])
             if not claimed:
                 return stored
             task = claimed[0]
@@ -102,7 +102,7 @@ class InlineWorker(ThreadWorker):
         """The next ready tasks in claim order, as a worker would claim them (paused
         queues are left alone)."""
         paused = self.broker.paused_queues()
-        return self.broker.claim(self.worker_id, queues, limit, exclude=paused)
+        return self.broker.storage.claim(self.worker_id, queues, limit, exclude=paused)
 
 
 def run_immediately(app: BaseQueueTasks, tasks: list[Task]) -> list[Task]:
@@ -129,19 +129,21 @@ def run_flow_immediately(
 
     def run() -> None:
         for stage in uuids:
-            found = [task for task in map(app.broker.get, stage) if task is not None]
+            found = [task for task in map(app.broker.storage.get, stage) if task is not None]
             _run(app, [task for task in found if task.status == TaskStatus.NEW])
 
     if in_callers_atomic(app.settings.database):
         transaction.on_commit(run, using=app.settings.database)
         return stages
     run()
-    return tuple(tuple(app.broker.get(task.uuid) or task for task in stage) for stage in stages)
+    return tuple(
+        tuple(app.broker.storage.get(task.uuid) or task for task in stage) for stage in stages
+    )
 
 
 def _runner(app: BaseQueueTasks, uuids: list[uuid_lib.UUID]) -> Callable[[], Any]:
     def run() -> None:
-        tasks = [task for task in map(app.broker.get, uuids) if task is not None]
+        tasks = [task for task in map(app.broker.storage.get, uuids) if task is not None]
         _run(app, tasks)
 
     return run

@@ -290,7 +290,7 @@ class ProcessPoolWorker(BaseWorker):
             reset_connection(self.settings.database)
 
     def _settle_now(self, child: _Child, uuid: str, outcome: str) -> None:
-        task = self.broker.get(uuid)
+        task = self.broker.storage.get(uuid)
         if task is None or task.status != TaskStatus.PROCESS or task.worker_id != child.worker_id:
             return
         if outcome == TaskStatus.CANCEL:
@@ -306,13 +306,13 @@ class ProcessPoolWorker(BaseWorker):
                 max_time = executor.max_time(definition) or 0
                 error = TaskTimeLimitExceeded(time_limit_message(max_time))
                 result = executor.failure(definition, task, error)
-        if self.broker.finish(task, result):
+        if self.broker.storage.finish(task, result):
             self.counters.record(task, result.status)
 
     def _rescue(self, child: _Child, *, crashed: bool) -> None:
         for attempt in range(3):
             try:
-                self.broker.rescue(child.worker_id, crashed=crashed)
+                self.broker.storage.rescue(child.worker_id, crashed=crashed)
                 self.broker.forget_worker(child.worker_id)
                 self.counters.retire(self.broker.config, child.worker_id)
                 return

@@ -190,7 +190,7 @@ class Scheduler:
         """Read each schedule's newest tick and decide its next due one (see the module
         docstring for the missed-tick policy)."""
         now = now or self.clock()
-        last = self.app.broker.last_schedule_runs([s.name for s in self.schedules])
+        last = self.app.broker.storage.last_schedule_runs([s.name for s in self.schedules])
         for schedule in self.schedules:
             run = last.get(schedule.name)
             if run is not None and schedule.catch_up:
@@ -219,7 +219,7 @@ class Scheduler:
                 continue
             tick = schedule.latest_at(now)
             spec = build_spec(self.app, schedule)
-            task = self.app.broker.add_scheduled(schedule.name, tick, spec, self.worker_id)
+            task = self.app.broker.storage.add_scheduled(schedule.name, tick, spec, self.worker_id)
             self._next[schedule.name] = schedule.next_after(tick)
             if task is None:
                 continue

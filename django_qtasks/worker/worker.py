@@ -236,7 +236,7 @@ class ThreadWorker(BaseWorker):
         unfinished = self.in_flight
         try:
             if unfinished:
-                rescued = broker.rescue(self.worker_id, crashed=False)
+                rescued = broker.storage.rescue(self.worker_id, crashed=False)
                 logger.warning(
                     "Left %d unfinished task(s) for other workers",
                     len(rescued),

@@ -190,7 +190,7 @@ def test_the_list_shows_badges_attempts_and_durations(admin_client, make_task):
 def test_the_list_and_the_detail_show_how_often_a_task_was_rescued(admin_client, make_task):
     calm = make_task(status="new")
     lost = make_task(status="process", attempt=1, worker_id="gone", started_at=timezone.now())
-    assert app.broker.rescue() == [(lost.uuid, "retry")]  # its worker has no heartbeat
+    assert app.broker.storage.rescue() == [(lost.uuid, "retry")]  # its worker has no heartbeat
     html = admin_client.get(CHANGELIST).content.decode()
     assert html.count("rescued 1 time<") == 1  # the rescued row only
     assert "0/1" in html  # its attempt, unspent

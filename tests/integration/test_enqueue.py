@@ -25,7 +25,10 @@ def test_add_task_stores_a_new_task_and_returns_its_snapshot():
     task = tasks.add.add_task(2, 3, priority=7)
     record = TaskRecord.objects.get(uuid=task.uuid)
     assert (record.status, record.task_name, record.args, record.kwargs) == (
-        "new", "tests.testapp.tasks.add", [2, 3], {},
+        "new",
+        "tests.testapp.tasks.add",
+        [2, 3],
+        {},
     )
     assert (task.priority, task.queue, task.attempt, task.max_retries) == (7, "default", 0, 0)
     assert app.get(task.uuid) == task
@@ -253,7 +256,8 @@ def test_add_tasks_stores_every_character_as_given():
         record = TaskRecord.objects.get(uuid=task.uuid)
         assert (record.args, record.kwargs) == (task.args, task.kwargs)
         assert (record.concurrency_key, record.max_concurrency) == (
-            task.concurrency_key, task.max_concurrency,
+            task.concurrency_key,
+            task.max_concurrency,
         )
         assert (record.errors, record.traceback, record.progress) == ([], "", None)
     assert [t.args[0] for t in made[: len(odd)]] == odd
@@ -514,7 +518,10 @@ def test_the_bulk_path_raises_the_same_django_errors_as_the_single_path(changes,
 
     expected_type = getattr(django.db, expected)
     bad = _spec(**changes)
-    for store in (lambda: app.broker.add(bad), lambda: app.broker.add_many([_spec(), bad])):
+    for store in (
+        lambda: app.broker.storage.add(bad),
+        lambda: app.broker.storage.add_many([_spec(), bad]),
+    ):
         with pytest.raises(django.db.DatabaseError) as raised, transaction.atomic():
             store()
         assert type(raised.value) is expected_type, raised.value

@@ -33,7 +33,8 @@ def stale_running(
 
 def beat(worker_id: str, seconds: float) -> None:
     ConfigEntry.objects.update_or_create(
-        name="workers", key=worker_id,
+        name="workers",
+        key=worker_id,
         defaults={"value": {}, "expires_at": timezone.now() + dt.timedelta(seconds=seconds)},
     )
 
@@ -102,12 +103,12 @@ def test_the_tasks_of_one_dead_worker_come_back_spread_out():
 def test_the_snapshot_counts_the_rescues_from_enqueue_to_claim_to_the_end(run_worker):
     assert tasks.record.add_task("fresh").rescues == 0
     lost = stale_running("dead-worker", rescues=1)
-    app.broker.rescue()
+    app.broker.storage.rescue()
     assert app.get(lost.uuid).rescues == 2
     # Whatever reads the row: a claim's snapshot too (it reads the column back).
-    [claimed] = app.broker.claim("w-next", None, 5, uuids=[lost.uuid])
+    [claimed] = app.broker.storage.claim("w-next", None, 5, uuids=[lost.uuid])
     assert (claimed.attempt, claimed.rescues) == (1, 2)
-    assert app.broker.rescue("w-next") == [(lost.uuid, "retry")]
+    assert app.broker.storage.rescue("w-next") == [(lost.uuid, "retry")]
     run_worker()
     done = app.get(lost.uuid)
     assert (done.status, done.attempt, done.rescues) == ("success", 1, 3)
@@ -119,7 +120,9 @@ def test_a_running_row_at_attempt_0_is_rescued_beside_the_others():
     # whole statement, every time, so that no task would ever be rescued.
     odd = stale_running("dead-worker", attempt=0)
     lost = stale_running("dead-worker", attempt=1)
-    assert sorted(app.broker.rescue()) == sorted([(odd.uuid, "retry"), (lost.uuid, "retry")])
+    assert sorted(app.broker.storage.rescue()) == sorted(
+        [(odd.uuid, "retry"), (lost.uuid, "retry")]
+    )
     odd.refresh_from_db()
     lost.refresh_from_db()
     assert (odd.status, odd.attempt, odd.rescues) == ("retry", 0, 1)
@@ -130,7 +133,7 @@ def test_rows_handed_back_unstarted_keep_their_attempt_and_never_go_below_0():
     odd = stale_running("leaving", attempt=0)
     first = stale_running("leaving", attempt=1)
     later = stale_running("leaving", attempt=3)
-    assert app.broker.release("leaving", [odd.uuid, first.uuid, later.uuid]) == 3
+    assert app.broker.storage.release("leaving", [odd.uuid, first.uuid, later.uuid]) == 3
     rows = TaskRecord.objects.in_bulk([odd.uuid, first.uuid, later.uuid])
     back = [(rows[t.uuid].status, rows[t.uuid].attempt, rows[t.uuid].worker_id)
             for t in (odd, first, later)]  # fmt: skip
@@ -141,8 +144,10 @@ def test_rows_handed_back_unstarted_keep_their_attempt_and_never_go_below_0():
 def test_no_rescue_allowed_ends_the_first_lost_run_in_error():
     lost = stale_running("dead-worker")
     assert app.broker.storage.rescue() == [(lost.uuid, "error")]
-    assert app.get(lost.uuid).errors[-1]["message"].startswith(
-        "Task lost 1 time, more than QTASKS['MAX_RESCUES'] = 0 allows"
+    assert (
+        app.get(lost.uuid)
+        .errors[-1]["message"]
+        .startswith("Task lost 1 time, more than QTASKS['MAX_RESCUES'] = 0 allows")
     )
 
 

@@ -1,7 +1,7 @@
 """A Broker that fails on purpose, for worker processes of the tests.
 
-It is a plug-in like any ``QTASKS["BROKER"]``: the worker's claims, outcomes,
-heartbeats and scheduled ticks go through it to the real Storage and database, except
+It is a plug-in like any ``QTASKS["BROKER"]``: the worker's claims, outcomes and
+scheduled ticks go to the Storage it hands out, its heartbeats to GlobalConfig, except
 the calls that ``$QTASKS_TEST_FAULTS`` names, which raise :class:`PluginBug` (a
 ``RuntimeError``, not a database error), as a buggy plug-in or a bug of ours would.
 
@@ -18,8 +18,8 @@ import json
 import os
 import threading
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from django_qtasks.broker.broker import DjangoBroker
 from django_qtasks.settings import QTasksSettings
@@ -33,6 +33,34 @@ class PluginBug(RuntimeError):
     """What a failing call raises."""
 
 
+class FaultyStorage:
+    """The Storage as the worker sees it through :class:`FaultyBroker`: the calls named
+    in ``$QTASKS_TEST_FAULTS`` fail, the rest go to the real one."""
+
+    def __init__(self, storage: BaseStorage, fault: Callable[[str], None]) -> None:
+        self._storage = storage
+        self._fault = fault
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    def claim(self, *args: Any, **kwargs: Any) -> list[Task]:
+        self._fault("claim")
+        claimed = self._storage.claim(*args, **kwargs)
+        self._fault("claim_after")
+        return claimed
+
+    def finish_many(self, items: Sequence[tuple[Task, Outcome]]) -> list[bool]:
+        self._fault("finish_many")
+        return self._storage.finish_many(items)
+
+    def add_scheduled(
+        self, schedule: str, tick: dt.datetime, spec: TaskSpec, worker_id: str = ""
+    ) -> Task | None:
+        self._fault("add_scheduled")
+        return self._storage.add_scheduled(schedule, tick, spec, worker_id)
+
+
 class FaultyBroker(DjangoBroker):
     def __init__(self, settings: QTasksSettings, storage: BaseStorage) -> None:
         super().__init__(settings, storage)
@@ -40,6 +68,8 @@ class FaultyBroker(DjangoBroker):
         self.faults = {name: set(calls) for name, calls in faults.items()}
         self.calls: Counter[str] = Counter()
         self._lock = threading.Lock()
+        # The worker reaches Storage through the Broker: hand it the failing one.
+        self.storage = cast(BaseStorage, FaultyStorage(storage, self.fault))
 
     def fault(self, name: str) -> None:
         """Count a call of ``name``; raise if it is one that fails."""
@@ -49,22 +79,6 @@ class FaultyBroker(DjangoBroker):
         if number in self.faults.get(name, ()):
             raise PluginBug(f"{name} call {number} fails on purpose")
 
-    def claim(self, *args: Any, **kwargs: Any) -> list[Task]:
-        self.fault("claim")
-        claimed = super().claim(*args, **kwargs)
-        self.fault("claim_after")
-        return claimed
-
-    def finish_many(self, items: Sequence[tuple[Task, Outcome]]) -> list[bool]:
-        self.fault("finish_many")
-        return super().finish_many(items)
-
     def heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
         self.fault("heartbeat")
         super().heartbeat(worker_id, info, ttl)
-
-    def add_scheduled(
-        self, schedule: str, tick: dt.datetime, spec: TaskSpec, worker_id: str = ""
-    ) -> Task | None:
-        self.fault("add_scheduled")
-        return super().add_scheduled(schedule, tick, spec, worker_id)

@@ -59,3 +59,21 @@ def test_an_old_path_imported_first_in_a_fresh_process() -> None:
     )
     env = {**os.environ, "DATABASE_URL": "", "DJANGO_SETTINGS_MODULE": "tests.settings"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=PACKAGE.parent)
+
+
+@pytest.mark.django_db
+def test_the_brokers_old_forwards_warn_and_reach_its_storage() -> None:
+    """The Broker no longer restates Storage's methods; the old names answer for one
+    release, warning, and nothing else is forwarded."""
+    from django_qtasks import app
+    from django_qtasks.broker.broker import DEPRECATED_FORWARDS
+
+    task = app.add_task("tests.record", "x")
+    with pytest.warns(DeprecationWarning, match=r"call broker\.storage\.get\(\) instead"):
+        found = app.broker.get(task.uuid)  # type: ignore[attr-defined]
+    assert found is not None
+    assert found.uuid == task.uuid
+    for name in DEPRECATED_FORWARDS:
+        assert callable(getattr(app.broker.storage, name)), name
+    with pytest.raises(AttributeError, match="no attribute 'set_progres'"):
+        app.broker.set_progres  # type: ignore[attr-defined]  # noqa: B018
