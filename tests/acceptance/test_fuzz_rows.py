@@ -34,6 +34,7 @@ from tests.testapp import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+UTC = dt.timezone.utc  # dt.UTC is Python 3.11+
 GOOD, BAD = 40, 80
 ODD_TEXT = ["", "\x00", "\ud800", "a\nb", "'; DROP TABLE t; --", "é" * 300, "\\", "%s", "{",
             "null", "🙂", "x" * 5000, "default\n", "a/b", "\u202e"]  # fmt: skip
@@ -83,8 +84,8 @@ def json_text(rng: random.Random) -> tuple[str, bool]:
 
 def timestamp(rng: random.Random) -> tuple[Any, bool]:
     return rng.choice([
-        dt.datetime(1, 1, 1, tzinfo=dt.UTC), dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
-        dt.datetime(9999, 12, 31, tzinfo=dt.UTC), *BAD_TIMES,
+        dt.datetime(1, 1, 1, tzinfo=UTC), dt.datetime(2000, 1, 1, tzinfo=UTC),
+        dt.datetime(9999, 12, 31, tzinfo=UTC), *BAD_TIMES,
     ]), False  # fmt: skip
 
 

@@ -53,7 +53,7 @@ def test_a_row_in_an_unknown_status_is_left_alone_and_shown(admin_client, run_wo
     set_column(odd.uuid, "status", "paused")
     for task in (odd, old):  # both finished long ago, as far as the columns tell
         for column in ("run_after", "created_at", "updated_at", "finished_at"):
-            set_column(task.uuid, column, dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+            set_column(task.uuid, column, dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc))
     assert run_worker() == 0
     call_command("qtasks_prune", "--older-than", "1d", stdout=StringIO())
     assert not TaskRecord.objects.filter(uuid=old.uuid).exists()
