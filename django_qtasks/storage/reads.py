@@ -99,9 +99,15 @@ def unknown_statuses(alias: str, cap: int, limit: int) -> dict[str, int]:
     1``), at most ``limit`` of them: rows written by hand or by another release, which no
     worker claims and no pruning deletes. The statuses come from a loose index scan of
     the ``(status, created_at)`` index, so a table without such rows costs a handful of
-    index reads."""
+    index reads.
+
+    MariaDB's and MySQL's default collation ignores case: there every statement of the
+    queue takes ``'Success'`` for ``'success'`` (claims, pruning and this scan alike,
+    which returns one spelling for both), so such a spelling is not unknown there."""
     known = set(TaskStatus.values)
-    found = [s for s in distinct_values(alias, "status", len(known) + limit) if s not in known]
+    folded = connections[alias].vendor == "mysql"
+    values = distinct_values(alias, "status", len(known) + limit)
+    found = [s for s in values if (s.casefold() if folded else s) not in known]
     return {status: capped_status_count(alias, status, cap) for status in found[:limit]}
 
 

@@ -197,14 +197,17 @@ def test_rows_in_an_unknown_status_are_a_problem_named_in_every_form():
     rows(2, status="success", finished=MINUTE)
     rows(1, status="blocked")
     beat("w1")
-    assert read_status(now=NOW).unknown_statuses == {"Success": 1, "paused": 3}
+    # MariaDB's collation ignores case: every statement there takes 'Success' for a
+    # success (claims and pruning too), so only 'paused' is unknown.
+    unknown = {"paused": 3} if connection.vendor == "mysql" else {"Success": 1, "paused": 3}
+    assert read_status(now=NOW).unknown_statuses == unknown
     code, out, err = run("--check")
     assert code == 1
     assert "status 'paused': 3 task row(s) in a status no worker runs or prunes" in err
-    assert "status 'Success': 1 task row(s)" in err
+    assert ("status 'Success': 1 task row(s)" in err) == ("Success" in unknown)
     assert "status 'paused': 3" in out
     code, out, _ = run("--json")
-    assert json.loads(out)["unknown_statuses"] == {"Success": 1, "paused": 3}
+    assert json.loads(out)["unknown_statuses"] == unknown
     TaskRecord.objects.filter(status__in=["paused", "Success"]).delete()
     assert run("--check")[0] == 0
 

@@ -50,6 +50,12 @@ def lanes() -> Iterator[tuple[Lane, Lane]]:
         lane.stop()
 
 
+@pytest.fixture
+def retry(caplog: pytest.LogCaptureFixture) -> DatabaseRetry:
+    caplog.set_level(logging.INFO, logger="django_qtasks.worker")
+    return DatabaseRetry("default", poll_interval=0.1, patience=1.0)
+
+
 def outage_lines(caplog: pytest.LogCaptureFixture) -> tuple[int, int]:
     records = [r for r in caplog.records if r.name == "django_qtasks.worker"]
     down = sum("Database unreachable" in r.getMessage() for r in records)
@@ -58,13 +64,11 @@ def outage_lines(caplog: pytest.LogCaptureFixture) -> tuple[int, int]:
 
 
 def test_a_restart_that_ends_the_sessions_one_by_one_is_one_outage(
-    lanes: tuple[Lane, Lane], caplog: pytest.LogCaptureFixture
+    lanes: tuple[Lane, Lane], retry: DatabaseRetry, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A restart ends the sessions one by one: thread B's old session still answers
     after thread A's died, then A's reconnect fails (the server is stopping), then B's
     session dies too. That is one outage, one WARNING and one INFO, not two."""
-    caplog.set_level(logging.INFO, logger="django_qtasks.worker")
-    retry = DatabaseRetry("default", poll_interval=0.1, patience=1.0)
     a, b = lanes
     a.do(retry.reached)
     b.do(retry.reached)
@@ -86,12 +90,10 @@ def test_a_restart_that_ends_the_sessions_one_by_one_is_one_outage(
 
 
 def test_one_cut_session_ends_when_another_answers(
-    lanes: tuple[Lane, Lane], caplog: pytest.LogCaptureFixture
+    lanes: tuple[Lane, Lane], retry: DatabaseRetry, caplog: pytest.LogCaptureFixture
 ) -> None:
     """pg_terminate_backend() of one session: the others answer, and that is the end of
     it, though none of them is newer than the cut."""
-    caplog.set_level(logging.INFO, logger="django_qtasks.worker")
-    retry = DatabaseRetry("default", poll_interval=0.1, patience=1.0)
     a, b = lanes
     a.do(retry.reached)
     b.do(retry.reached)
